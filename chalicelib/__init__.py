@@ -1,0 +1,1 @@
+"""The usage-metering service: domain, services, storage and HTTP surfaces."""

@@ -1,0 +1,1 @@
+"""The native HTTP API: one Blueprint per resource over the use cases."""

@@ -1,0 +1,156 @@
+"""Frozen domain models of the catalog and the usage store."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+ProductLine = Literal["talent", "managed_services", "ods", "infrastructure", "intelligence", "agent_gateway"]
+PRODUCT_LINES: tuple[str, ...] = (
+    "talent",
+    "managed_services",
+    "ods",
+    "infrastructure",
+    "intelligence",
+    "agent_gateway",
+)
+
+
+class Frozen(BaseModel):
+    """Base of every domain model: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Meter(Frozen):
+    """A named consumption metric with its unit (document 000), UUID and status (002)."""
+
+    id: str
+    uuid: str
+    name: str
+    unit: str
+    product_lines: tuple[ProductLine, ...]
+    description: str
+    status: Literal["ACTIVE", "ARCHIVED"] = "ACTIVE"
+    group_keys: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.status == "ACTIVE"
+
+
+class PlanLimits(Frozen):
+    """Hard limits per resource; None means unlimited."""
+
+    workspaces: int | None
+    active_service_lines: int | None
+    users: int | None
+    api_calls_monthly: int | None
+    agent_credits_monthly: int | Literal["custom"] | None
+    integrations: int | None
+    webhooks: int | None
+
+
+class Sla(Frozen):
+    uptime_percent: Decimal
+    response_time_hours: int
+
+
+class Plan(Frozen):
+    """A plan tier in one billing cycle (document 001)."""
+
+    id: str
+    name: str
+    tier: Literal["starter", "growth", "scale", "enterprise"]
+    billing_cycle: Literal["monthly", "annual", "custom"]
+    price: Decimal | None
+    currency: str
+    status: Literal["active", "deprecated"]
+    allowed_product_lines: tuple[ProductLine, ...]
+    features: tuple[str, ...]
+    limits: PlanLimits
+    support_tier: Literal["community", "standard", "priority", "dedicated"]
+    sla: Sla | None
+
+    def has_feature(self, feature: str) -> bool:
+        return feature in self.features
+
+
+class Organization(Frozen):
+    id: str
+    name: str
+    plan_id: str
+    created_at: datetime
+
+
+class Workspace(Frozen):
+    id: str
+    organization_id: str
+    name: str
+
+
+class ServiceLine(Frozen):
+    """A LIN-* billed line: its product line, status and per-meter rates (its billing model)."""
+
+    id: str
+    organization_id: str
+    workspace_id: str
+    name: str
+    product_line: ProductLine
+    status: Literal["active", "paused"] = "active"
+    currency: str = "USD"
+    rates: dict[str, Decimal]
+    created_at: datetime
+
+    @property
+    def meters(self) -> tuple[str, ...]:
+        return tuple(self.rates)
+
+    def permits(self, meter_id: str) -> bool:
+        return meter_id in self.rates
+
+
+class ApiKey(Frozen):
+    """An API key as stored: never the secret itself, only its hash."""
+
+    key_id: str
+    key_hash: str
+    organization_id: str
+    scopes: frozenset[str]
+    name: str
+    status: Literal["active", "revoked"] = "active"
+    created_at: datetime
+
+
+class Principal(Frozen):
+    """Who is calling: one organization and the scopes of the key used."""
+
+    organization_id: str
+    key_id: str
+    scopes: frozenset[str]
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+class UsageEvent(Frozen):
+    """A stored usage event (USAGE-*): immutable once accepted."""
+
+    id: str
+    organization_id: str
+    workspace_id: str
+    service_line_id: str
+    meter: str
+    quantity: Decimal
+    unit: str
+    period_date: date
+    event_time: datetime
+    recorded_at: datetime
+    source: str
+    metadata: dict[str, str | int | Decimal | bool]
+    idempotency_key: str | None
+    payload_hash: str
+    batch_id: str

@@ -1,0 +1,1 @@
+"""The embedded local stack: the AWS emulation, pollers, scheduler and demo data."""

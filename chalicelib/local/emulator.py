@@ -1,0 +1,87 @@
+"""The embedded AWS emulation (moto, in-process) used by the local stack and the tests.
+
+Real DynamoDB applies each write, condition check and transaction atomically;
+moto's in-process backend does not lock, so two threads can both pass a
+condition. The emulator serializes every DynamoDB request to restore that
+guarantee (it costs nothing real: moto holds the GIL anyway).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any
+
+from chalicelib.config import Settings, get_settings, reset_settings
+from chalicelib.storage import bootstrap, clients
+
+_FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+_DDB_LOCK = threading.RLock()
+_patched = False
+
+
+def _serialize_dynamodb() -> None:
+    global _patched
+    if _patched:
+        return
+    from moto.dynamodb.responses import DynamoHandler
+
+    original = DynamoHandler.call_action
+
+    @functools.wraps(original)
+    def call_action(self: Any) -> Any:
+        with _DDB_LOCK:
+            return original(self)
+
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+    _patched = True
+
+
+class Emulator:
+    """Starts moto in this process and creates the stage's tables and queues."""
+
+    def __init__(self) -> None:
+        self._mock: Any = None
+        self._saved_env: dict[str, str | None] = {}
+
+    def start(self, create: bool = True) -> Settings:
+        from moto import mock_aws
+
+        for name, value in _FAKE_ENV.items():
+            self._saved_env[name] = os.environ.get(name)
+            os.environ[name] = value
+        os.environ.pop("AWS_PROFILE", None)
+        _serialize_dynamodb()
+        self._mock = mock_aws()
+        self._mock.start()
+        reset_settings()
+        clients.reset_clients()
+        settings = get_settings()
+        if create:
+            bootstrap.create_resources(settings)
+        return settings
+
+    def stop(self) -> None:
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        clients.reset_clients()
+        reset_settings()
+
+    def __enter__(self) -> Settings:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Use cases: one function per operation, taking the repositories it needs."""

@@ -1,0 +1,57 @@
+"""Shared fixtures: the embedded AWS emulation, a container, the Chalice test client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from chalicelib.config import Settings
+from chalicelib.container import Container, set_container
+from chalicelib.local.emulator import Emulator
+from chalicelib.services import catalog_admin
+
+FULL_KEY = "mk_demo_ORG2609050_full_access_0001"
+READ_KEY = "mk_demo_ORG2609050_read_only_0002"
+OTHER_ORG_KEY = "mk_demo_ORG26100200_full_access_0003"
+
+
+@pytest.fixture
+def aws() -> Iterator[Settings]:
+    """A fresh emulated AWS with the stage's tables and queues."""
+    emulator = Emulator()
+    settings = emulator.start()
+    try:
+        yield settings
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def container(aws: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The composition root over the emulator, with the catalog and demo data loaded."""
+    for name in ("DEMO_API_KEY", "DEMO_READONLY_API_KEY", "DEMO_API_KEY_2"):
+        monkeypatch.delenv(name, raising=False)
+    built = Container.from_settings(aws)
+    catalog_admin.load_platform_catalog(built.catalog)
+    catalog_admin.load_demo_data(built.catalog)
+    set_container(built)
+    try:
+        yield built
+    finally:
+        set_container(None)
+
+
+@pytest.fixture
+def client(container: Container):  # type: ignore[no-untyped-def]
+    """chalice.test.Client over the real app."""
+    from chalice.test import Client
+
+    from app import app
+
+    with Client(app) as test_client:
+        yield test_client
+
+
+def auth(key: str = FULL_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}

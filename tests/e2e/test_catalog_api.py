@@ -1,0 +1,109 @@
+"""The catalog routes and authentication through chalice.test.Client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalicelib.container import Container
+from chalicelib.services import catalog_admin
+from tests.conftest import FULL_KEY, READ_KEY, auth
+
+
+def body(response: Any) -> Any:
+    return json.loads(response.body)
+
+
+def test_meters_lists_the_nine_active_meters_with_uuid_and_status(client: Any) -> None:
+    response = client.http.get("/v1/meters", headers=auth())
+    assert response.status_code == 200
+    meters = body(response)["data"]
+    assert len(meters) == 9
+    talent = next(m for m in meters if m["id"] == "talent.hours")
+    assert talent["unit"] == "hours"
+    assert talent["product_lines"] == ["talent", "managed_services"]
+    assert talent["status"] == "ACTIVE" and len(talent["uuid"]) == 36
+    assert set(talent) == {"id", "name", "unit", "product_lines", "description", "uuid", "status"}
+    run_seconds = next(m for m in meters if m["id"] == "agent.run_seconds")
+    assert run_seconds["unit"] == "seconds" and run_seconds["product_lines"] == ["agent_gateway"]
+
+
+def test_archived_meters_only_on_request(client: Any) -> None:
+    response = client.http.get("/v1/meters?include_archived=true", headers=auth())
+    statuses = [m["status"] for m in body(response)["data"]]
+    assert statuses.count("ARCHIVED") == 1 and len(statuses) == 10
+
+
+def test_plans_hide_deprecated_unless_asked(client: Any) -> None:
+    listed = body(client.http.get("/v1/plans", headers=auth(READ_KEY)))
+    ids = [p["id"] for p in listed["data"]]
+    assert len(ids) == 8
+    assert {
+        f"plan_{t}_{c}" for t in ("starter", "growth", "scale", "enterprise") for c in ("monthly", "annual")
+    } == set(ids)
+    assert listed["meta"] == {"cursor": None, "has_more": False}
+    starter = next(p for p in listed["data"] if p["id"] == "plan_starter_monthly")
+    assert starter["price"] == 299.0 and starter["allowed_product_lines"] == ["talent"]
+    assert set(starter["limits"]) == {
+        "workspaces",
+        "active_service_lines",
+        "users",
+        "api_calls_monthly",
+        "agent_credits_monthly",
+    }
+    with_deprecated = body(client.http.get("/v1/plans?include_deprecated=true", headers=auth()))
+    deprecated = [p for p in with_deprecated["data"] if p["status"] == "deprecated"]
+    assert [p["id"] for p in deprecated] == ["plan_team_monthly_2024"]
+
+
+def test_plan_detail_has_features_limits_support_and_sla(client: Any) -> None:
+    plan = body(client.http.get("/v1/plans/plan_enterprise_annual", headers=auth()))["data"]
+    assert plan["price"] is None
+    assert plan["limits"]["workspaces"] is None and plan["limits"]["agent_credits_monthly"] == "custom"
+    assert plan["limits"]["webhooks"] is None
+    assert "sla_guarantee" in plan["features"]
+    assert plan["support_tier"] == "dedicated"
+    assert plan["sla"] == {"uptime_percent": 99.9, "response_time_hours": 1}
+
+
+def test_unknown_plan_is_404_in_the_native_envelope(client: Any) -> None:
+    response = client.http.get("/v1/plans/plan_nope", headers=auth())
+    assert response.status_code == 404
+    error = body(response)["error"]
+    assert error["code"] == "plan_not_found" and error["request_id"]
+
+
+def test_missing_unknown_and_malformed_keys_are_401(client: Any) -> None:
+    assert client.http.get("/v1/meters").status_code == 401
+    assert client.http.get("/v1/meters", headers={"Authorization": "Bearer mk_nope"}).status_code == 401
+    response = client.http.get("/v1/meters", headers={"Authorization": f"Basic {FULL_KEY}"})
+    assert response.status_code == 401
+    assert body(response)["error"]["code"] == "unauthorized"
+
+
+def test_revoked_key_is_401(client: Any, container: Container) -> None:
+    issued = catalog_admin.issue_key(container.catalog, "ORG-26-090500", frozenset({"catalog:read"}), "t")
+    assert client.http.get("/v1/meters", headers=auth(issued.secret)).status_code == 200
+    container.catalog.revoke_api_key(issued.key.key_id)
+    assert client.http.get("/v1/meters", headers=auth(issued.secret)).status_code == 401
+
+
+def test_missing_scope_is_403(client: Any, container: Container) -> None:
+    issued = catalog_admin.issue_key(container.catalog, "ORG-26-090500", frozenset({"metering:write"}), "writer")
+    response = client.http.get("/v1/plans", headers=auth(issued.secret))
+    assert response.status_code == 403
+    assert body(response)["error"]["code"] == "insufficient_scope"
+
+
+def test_bad_and_unknown_query_parameters_are_400_naming_the_field(client: Any) -> None:
+    response = client.http.get("/v1/plans?include_deprecated=perhaps", headers=auth())
+    assert response.status_code == 400
+    assert body(response)["error"]["field"] == "include_deprecated"
+    response = client.http.get("/v1/meters?colour=blue", headers=auth())
+    assert response.status_code == 400
+    assert body(response)["error"] == {
+        "code": "validation_error",
+        "message": "colour: unknown field",
+        "field": "colour",
+        "request_id": body(response)["error"]["request_id"],
+    }
