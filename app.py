@@ -2,7 +2,10 @@
 
 from chalice.app import Chalice
 
-from chalicelib.api import catalog
+from chalicelib.api import catalog, usage_events
+from chalicelib.workers import pipeline
 
 app = Chalice(app_name="usage-metering")
 app.register_blueprint(catalog.bp)
+app.register_blueprint(usage_events.bp)
+app.register_blueprint(pipeline.bp)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from chalicelib.config import Settings, get_settings
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
+from chalicelib.storage.events_repo import DynamoEventStore
+from chalicelib.storage.queue import SqsQueue
+from chalicelib.storage.rollups_repo import DynamoRollupStore
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -15,10 +24,22 @@ class Container:
 
     settings: Settings
     catalog: DynamoCatalogRepository
+    events: DynamoEventStore
+    rollups: DynamoRollupStore
+    queue: SqsQueue
+    dead_letters: SqsQueue
+    clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Container:
-        return cls(settings=settings, catalog=DynamoCatalogRepository(settings.catalog_table))
+        return cls(
+            settings=settings,
+            catalog=DynamoCatalogRepository(settings.catalog_table),
+            events=DynamoEventStore(settings.events_table),
+            rollups=DynamoRollupStore(settings.rollups_table),
+            queue=SqsQueue(settings.usage_queue),
+            dead_letters=SqsQueue(settings.usage_dlq),
+        )
 
 
 _lock = threading.Lock()

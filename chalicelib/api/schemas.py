@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chalicelib.domain.models import Meter, Plan, PlanLimits, Sla
+from chalicelib.domain.models import Meter, Plan, PlanLimits, Sla, UsageEvent, instant
 
 
 class QueryBase(BaseModel):
@@ -99,4 +100,55 @@ class PlanPublic(PlanSummaryPublic):
             limits=plan.limits,
             support_tier=plan.support_tier,
             sla=plan.sla,
+        )
+
+
+class UsageEventCreate(BaseModel):
+    """The body of `POST /v1/metering/events` (document 000)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service_line_id: str = Field(min_length=1, max_length=64)
+    meter: str = Field(min_length=1, max_length=64)
+    quantity: Any = Field(description="A JSON number: 0 <= quantity <= 10^12, at most 9 decimal places.")
+    period_date: str | None = Field(default=None, description="YYYY-MM-DD; defaults to the UTC date of receipt.")
+    idempotency_key: str | None = Field(default=None, description="At most 128 printable ASCII characters.")
+    source: str | None = Field(default=None, description="The reporting system; defaults to 'api'.")
+    metadata: dict[str, Any] | None = Field(default=None, description="At most 16 string/number/boolean values.")
+
+    @field_validator("service_line_id", "meter", "period_date", "idempotency_key", "source", mode="before")
+    @classmethod
+    def _strings_only(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+
+class UsageEventBatchCreate(BaseModel):
+    """The body of `POST /v1/metering/events/batch`: 1 to 100 events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: list[Any] = Field(min_length=1, max_length=100)
+
+
+class UsageEventRecordPublic(BaseModel):
+    """The record `POST /v1/metering/events` answers with."""
+
+    id: str
+    status: str
+    service_line_id: str
+    meter: str
+    quantity: Decimal
+    recorded_at: str
+
+    @classmethod
+    def of(cls, event: UsageEvent) -> UsageEventRecordPublic:
+        return cls(
+            id=event.id,
+            status="accepted",
+            service_line_id=event.service_line_id,
+            meter=event.meter,
+            quantity=event.quantity,
+            recorded_at=instant(event.recorded_at),
         )

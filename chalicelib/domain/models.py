@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -17,6 +17,12 @@ PRODUCT_LINES: tuple[str, ...] = (
     "intelligence",
     "agent_gateway",
 )
+
+
+def instant(moment: datetime) -> str:
+    """A UTC instant in the one fixed, sortable text form stored and shown: 2026-04-15T10:00:00.000Z."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 class Frozen(BaseModel):

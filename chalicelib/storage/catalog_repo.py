@@ -116,6 +116,21 @@ class DynamoCatalogRepository:
         item = self._get(f"ORG#{organization_id}", f"LIN#{line_id}")
         return ServiceLine.model_validate(self._strip(item)) if item else None
 
+    def all_service_lines(self) -> list[ServiceLine]:
+        """Every service line of every organization (a scan of the small catalog table; jobs only)."""
+        lines: list[ServiceLine] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "kind = :kind",
+            "ExpressionAttributeValues": {":kind": {"S": "service_line"}},
+        }
+        while True:
+            page = self.client.scan(**kwargs)
+            lines.extend(ServiceLine.model_validate(self._strip(from_item(i))) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return sorted(lines, key=lambda s: s.id)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def get_api_key(self, key_hash: str) -> ApiKey | None:
         item = self._get(f"KEY#{key_hash}", "KEY")
         return ApiKey.model_validate(self._strip(item)) if item else None

@@ -1,0 +1,40 @@
+"""Identifiers: time-ordered, random, no counter (a counter would be a hot key)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def ulid(at: datetime) -> str:
+    """A 26-character ULID: 48-bit millisecond time then 80 random bits, lexicographically time-ordered."""
+    millis = int(at.timestamp() * 1000)
+    value = (millis << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def ulid_floor(at: datetime) -> str:
+    """The smallest ULID of a millisecond: every ULID made at or after `at` sorts at or above it."""
+    millis = int(at.timestamp() * 1000)
+    value = millis << 80
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def usage_event_id(at: datetime) -> str:
+    """A USAGE-* id: the two-digit year, then a ULID."""
+    return f"USAGE-{at:%y}-{ulid(at)}"
+
+
+def batch_id(at: datetime) -> str:
+    """An ingest batch id (one per request): time-ordered so pending batches sort by age."""
+    return "B" + ulid(at)

@@ -1,0 +1,269 @@
+"""Usage events: what a valid report is, how it is fingerprinted, and how it rolls up."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from chalicelib.errors import ErrorCode, MeteringError, validation_error
+
+# Limits a caller meets (documented in the README).
+MAX_QUANTITY = Decimal(10) ** 12
+MAX_DECIMAL_PLACES = 9
+PERIOD_DAYS_BACK = 62
+PERIOD_DAYS_FORWARD = 1
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+IDEMPOTENCY_WINDOW = timedelta(hours=48)
+MAX_IDEMPOTENCY_KEY = 128
+MAX_METADATA_KEYS = 16
+MAX_METADATA_BYTES = 512
+MAX_METADATA_STRING = 256
+MAX_BATCH_EVENTS = 100
+_METADATA_KEY = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_SOURCE = re.compile(r"^[a-z0-9_.\-]{1,64}$")
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+
+MetadataValue = str | int | Decimal | bool
+
+
+def check_quantity(value: Any, field: str = "quantity") -> Decimal:
+    """A quantity: a JSON number, finite, 0 <= q <= 10^12, at most 9 decimal places."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise validation_error(field, "must be a JSON number")
+    try:
+        quantity = Decimal(value)
+    except InvalidOperation:
+        raise validation_error(field, "must be a number") from None
+    if not quantity.is_finite():
+        raise validation_error(field, "must be finite")
+    if quantity < 0:
+        raise validation_error(field, "must not be negative")
+    if quantity > MAX_QUANTITY:
+        raise validation_error(field, f"must be at most {MAX_QUANTITY:f}")
+    if decimal_places(quantity) > MAX_DECIMAL_PLACES:
+        raise validation_error(field, f"must have at most {MAX_DECIMAL_PLACES} decimal places")
+    return quantity
+
+
+def decimal_places(number: Decimal) -> int:
+    """Decimal places that matter (trailing zeros do not), without rounding to the context."""
+    _sign, digits, exponent = number.as_tuple()
+    if not isinstance(exponent, int):
+        return 0
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -(exponent + min(trailing, max(0, -exponent))))
+
+
+def check_period_date(value: Any, today: date, field: str = "period_date") -> date:
+    """A real YYYY-MM-DD date, at most 62 days back and 1 day ahead of today (UTC)."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise validation_error(field, "must be a date in YYYY-MM-DD form")
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise validation_error(field, "is not a real calendar date") from None
+    check_period_window(day, today, field)
+    return day
+
+
+def check_period_window(day: date, today: date, field: str) -> None:
+    if day < today - timedelta(days=PERIOD_DAYS_BACK):
+        raise validation_error(field, f"must be at most {PERIOD_DAYS_BACK} days in the past")
+    if day > today + timedelta(days=PERIOD_DAYS_FORWARD):
+        raise validation_error(field, f"must be at most {PERIOD_DAYS_FORWARD} day in the future")
+
+
+def check_timestamp(value: Any, now: datetime, field: str = "timestamp") -> datetime:
+    """An ISO-8601 timestamp with a zone, not in the future (5 min skew) nor past the late window."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise validation_error(field, "must be an ISO-8601 timestamp")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise validation_error(field, "must be an ISO-8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise validation_error(field, "must carry a time zone (for example Z)")
+    parsed = parsed.astimezone(UTC)
+    if parsed > now + MAX_CLOCK_SKEW:
+        raise validation_error(field, "must not be in the future")
+    check_period_window(parsed.date(), now.date(), field)
+    return parsed
+
+
+def check_idempotency_key(value: Any, field: str = "idempotency_key") -> str:
+    if not isinstance(value, str) or not value:
+        raise validation_error(field, "must be a non-empty string")
+    if len(value) > MAX_IDEMPOTENCY_KEY:
+        raise validation_error(field, f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
+    if not _PRINTABLE.match(value):
+        raise validation_error(field, "must be printable ASCII without spaces")
+    return value
+
+
+def check_source(value: Any, field: str = "source") -> str:
+    if not isinstance(value, str) or not _SOURCE.match(value):
+        raise validation_error(field, "must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
+    return value
+
+
+def check_metadata(value: Any, field: str = "metadata") -> dict[str, MetadataValue]:
+    """An object of at most 16 string, number or boolean values, at most 512 bytes as JSON."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise validation_error(field, "must be an object")
+    if len(value) > MAX_METADATA_KEYS:
+        raise validation_error(field, f"must have at most {MAX_METADATA_KEYS} keys")
+    clean: dict[str, MetadataValue] = {}
+    for key, item in value.items():
+        if not _METADATA_KEY.match(key):
+            raise validation_error(f"{field}.{key}"[:80], "keys must be 1-64 characters of A-Z, a-z, 0-9, _ . : -")
+        if isinstance(item, bool):
+            clean[key] = item
+        elif isinstance(item, (int, Decimal)):
+            number = Decimal(item)
+            if not number.is_finite() or abs(number) >= Decimal(10) ** 18 or decimal_places(number) > 9:
+                raise validation_error(f"{field}.{key}", "numbers must be below 10^18 with at most 9 decimal places")
+            clean[key] = item
+        elif isinstance(item, str):
+            if len(item) > MAX_METADATA_STRING:
+                raise validation_error(f"{field}.{key}", f"strings must be at most {MAX_METADATA_STRING} characters")
+            clean[key] = item
+        else:
+            raise validation_error(f"{field}.{key}", "values must be strings, numbers or booleans")
+    if len(canonical_json(clean).encode("utf-8")) > MAX_METADATA_BYTES:
+        raise validation_error(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return clean
+
+
+def canonical_number(value: Decimal | int) -> str:
+    """One spelling per value: 8, 8.0 and 8.00 are the same number."""
+    number = Decimal(value).normalize()
+    return format(number, "f")
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, Decimal)):
+        return {"#n": canonical_number(value)}
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class UsageDraft:
+    """A validated report of usage, before it is stored."""
+
+    service_line_id: str
+    meter: str
+    quantity: Decimal
+    period_date: date
+    event_time: datetime | None
+    source: str
+    metadata: Mapping[str, MetadataValue]
+    idempotency_key: str | None
+
+    def payload_hash(self) -> str:
+        """The fingerprint a replay must match: everything the caller chose, nothing the server did."""
+        payload = {
+            "service_line_id": self.service_line_id,
+            "meter": self.meter,
+            "quantity": self.quantity,
+            "period_date": self.period_date.isoformat(),
+            "event_time": self.event_time.isoformat() if self.event_time else None,
+            "source": self.source,
+            "metadata": dict(self.metadata),
+        }
+        return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+def within_idempotency_window(first_accepted: datetime, now: datetime) -> bool:
+    return now - first_accepted < IDEMPOTENCY_WINDOW
+
+
+def hour_of(moment: datetime) -> str:
+    """The UTC hour an event time falls in, as YYYY-MM-DDTHH."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
+
+
+@dataclass(frozen=True, order=True)
+class RollupKey:
+    """One rollup: a day (by period_date) or an hour (by event time) of a line's meter."""
+
+    service_line_id: str
+    meter: str
+    grain: str  # "D" or "H"
+    period_date: str
+    hour: str = ""
+
+
+@dataclass
+class RollupDelta:
+    quantity: Decimal
+    event_count: int
+
+
+@dataclass(frozen=True)
+class CountableEvent:
+    """What rolling up needs of an event."""
+
+    id: str
+    service_line_id: str
+    meter: str
+    quantity: Decimal
+    period_date: str
+    hour: str
+
+
+def rollup_keys(event: CountableEvent) -> tuple[RollupKey, RollupKey]:
+    return (
+        RollupKey(event.service_line_id, event.meter, "D", event.period_date),
+        RollupKey(event.service_line_id, event.meter, "H", event.period_date, event.hour),
+    )
+
+
+def coalesce(events: Iterable[CountableEvent]) -> dict[RollupKey, RollupDelta]:
+    """One delta per distinct rollup key: exact decimal sums and counts."""
+    deltas: dict[RollupKey, RollupDelta] = {}
+    for event in events:
+        for rk in rollup_keys(event):
+            delta = deltas.setdefault(rk, RollupDelta(Decimal(0), 0))
+            delta.quantity += event.quantity
+            delta.event_count += 1
+    return deltas
+
+
+def chunk_events(events: Iterable[CountableEvent], max_keys: int) -> list[list[CountableEvent]]:
+    """Split events into chunks touching at most `max_keys` rollups each; deterministic for a set of events."""
+    ordered = sorted(events, key=lambda e: (rollup_keys(e), e.id))
+    chunks: list[list[CountableEvent]] = []
+    current: list[CountableEvent] = []
+    keys: set[RollupKey] = set()
+    for event in ordered:
+        new = set(rollup_keys(event)) - keys
+        if current and len(keys) + len(new) > max_keys:
+            chunks.append(current)
+            current, keys = [], set()
+            new = set(rollup_keys(event))
+        current.append(event)
+        keys |= new
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def require(condition: bool, code: ErrorCode, message: str, field: str | None = None) -> None:
+    if not condition:
+        raise MeteringError(code, message, field=field)

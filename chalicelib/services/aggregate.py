@@ -1,0 +1,133 @@
+"""Rolling batches of events up, exactly once, from (possibly repeated) queue messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from chalicelib.domain.models import UsageEvent
+from chalicelib.domain.pipeline import BatchMessage
+from chalicelib.domain.usage import CountableEvent, chunk_events, coalesce, hour_of
+from chalicelib.services.ingest import MessageQueue
+from chalicelib.storage.events_repo import DynamoEventStore, archive_slot
+from chalicelib.storage.rollups_repo import MAX_TRANSACTION_ACTIONS, ApplyUnit, DynamoRollupStore
+
+log = logging.getLogger("metering.aggregate")
+
+# A chunk touches at most this many rollups, so its marker and rollups fit one transaction.
+MAX_ROLLUPS_PER_CHUNK = MAX_TRANSACTION_ACTIONS - 2
+# A message that keeps failing goes to the dead-letter queue on this delivery.
+MAX_DELIVERIES = 5
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One received SQS message."""
+
+    message_id: str
+    body: str
+    receive_count: int
+
+
+@dataclass
+class AggregateResult:
+    failed: list[str] = field(default_factory=list)
+    dead_lettered: list[str] = field(default_factory=list)
+    events_applied: int = 0
+    units_applied: int = 0
+    units_already_applied: int = 0
+    transactions: int = 0
+
+
+class PoisonMessage(Exception):
+    """A message that can never be applied: it goes to the dead-letter queue after a few tries."""
+
+
+def countable(event: UsageEvent) -> CountableEvent:
+    return CountableEvent(
+        id=event.id,
+        service_line_id=event.service_line_id,
+        meter=event.meter,
+        quantity=event.quantity,
+        period_date=event.period_date.isoformat(),
+        hour=hour_of(event.event_time),
+    )
+
+
+def plan_units(message: BatchMessage, events: DynamoEventStore) -> list[ApplyUnit]:
+    """The chunks of a batch to apply, from the events as stored (deterministic for a batch)."""
+    found = events.get_many(message.org, (slot for slot, _ in message.events))
+    moved = [event_id for slot, event_id in message.events if slot in found and found[slot].id != event_id]
+    if moved:  # a key reused after 48 hours: the original was moved aside
+        archived = events.get_many(message.org, (archive_slot(i) for i in moved))
+        found.update({f"A#{e.id}": e for e in archived.values()})
+    counted: list[CountableEvent] = []
+    missing: list[str] = []
+    for slot, event_id in message.events:
+        event = found.get(slot)
+        if event is None or event.id != event_id:
+            event = found.get(archive_slot(event_id))
+        if event is None or event.id != event_id or event.batch_id != message.batch:
+            missing.append(event_id)
+            continue
+        counted.append(countable(event))
+    if missing and message.origin == "ingest":
+        raise PoisonMessage(f"events {', '.join(missing[:5])} of batch {message.batch} do not exist")
+    if missing:
+        log.info("batch %s: %d listed events were never stored (skipped)", message.batch, len(missing))
+    chunks = chunk_events(counted, MAX_ROLLUPS_PER_CHUNK)
+    return [
+        ApplyUnit(
+            batch_id=message.batch,
+            chunk_index=index,
+            organization_id=message.org,
+            event_ids=tuple(e.id for e in chunk),
+            deltas=coalesce(chunk),
+        )
+        for index, chunk in enumerate(chunks)
+    ]
+
+
+def aggregate(
+    deliveries: Sequence[Delivery],
+    events: DynamoEventStore,
+    rollups: DynamoRollupStore,
+    dead_letters: MessageQueue,
+    now: datetime,
+) -> AggregateResult:
+    """Apply a batch of messages; returns the ids of messages to deliver again."""
+    result = AggregateResult()
+    units_of: dict[str, list[ApplyUnit]] = {}
+    batch_of: dict[str, str] = {}
+    for delivery in deliveries:
+        try:
+            try:
+                message = BatchMessage.model_validate_json(delivery.body)
+            except ValidationError as exc:
+                raise PoisonMessage(f"unreadable body: {exc.errors(include_url=False)[0]['msg']}") from None
+            units_of[delivery.message_id] = plan_units(message, events)
+            batch_of[delivery.message_id] = message.batch
+        except PoisonMessage as poison:
+            if delivery.receive_count >= MAX_DELIVERIES:
+                log.error("dead-lettering message %s: %s", delivery.message_id, poison)
+                dead_letters.send(delivery.body, {"reason": str(poison)[:256], "message_id": delivery.message_id})
+                result.dead_lettered.append(delivery.message_id)
+            else:
+                log.warning("message %s failed (delivery %d): %s", delivery.message_id, delivery.receive_count, poison)
+                result.failed.append(delivery.message_id)
+    owner = {id(u): mid for mid, units in units_of.items() for u in units}
+    report = rollups.apply([u for units in units_of.values() for u in units], now)
+    result.transactions = report.transactions
+    result.units_applied = len(report.applied)
+    result.units_already_applied = len(report.already_applied)
+    result.events_applied = sum(len(u.event_ids) for u in report.applied)
+    failed = {owner[id(u)] for u in report.failed}
+    result.failed.extend(sorted(failed))
+    # Every chunk of these batches is in the rollups now: their pending records can go.
+    done = {batch_of[mid] for mid in units_of if mid not in failed}
+    events.delete_pending_many(done)
+    return result

@@ -1,0 +1,283 @@
+"""Usage events and pending ingest batches over DynamoDB.
+
+Events (pk / sk = ``EV``):
+- ``EV#<org>#K#<idempotency key>``: an event accepted with a key; the key's
+  uniqueness is the item's, so a conditional put is the idempotency check.
+- ``EV#<org>#I#<event id>``: an event accepted without a key.
+- ``EV#<org>#A#<event id>``: an event whose key was reused after the 48-hour
+  window, moved aside (in one transaction with its replacement).
+Every event carries ``gsi1pk`` = service line and ``gsi1sk`` = period_date#id,
+which the ``by_line`` index lists.
+
+Pending batches (pk ``PENDING#<shard>``, sk = batch id, time-ordered): written
+before a batch's events, deleted in the transaction that rolls the batch up,
+so the sweeper can always find accepted events that have not reached the rollups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.domain.models import UsageEvent, instant
+from chalicelib.storage import clients
+from chalicelib.storage.codec import from_item, key, to_item, to_value
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+PENDING_SHARDS = 8
+
+
+def event_pk(organization_id: str, slot: str) -> str:
+    return f"EV#{organization_id}#{slot}"
+
+
+def slot_for(idempotency_key: str | None, event_id: str) -> str:
+    """Where an event lives: under its idempotency key, or its id when it has none."""
+    return f"K#{idempotency_key}" if idempotency_key is not None else f"I#{event_id}"
+
+
+def archive_slot(event_id: str) -> str:
+    return f"A#{event_id}"
+
+
+def pending_shard(batch_id: str) -> int:
+    return int(hashlib.sha256(batch_id.encode()).hexdigest()[:8], 16) % PENDING_SHARDS
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """An ingest batch not yet (fully) rolled up: its events as (slot, id) pairs."""
+
+    batch_id: str
+    organization_id: str
+    created_at: datetime
+    events: tuple[tuple[str, str], ...]
+    last_enqueued_at: datetime | None = None
+
+
+def event_to_item(event: UsageEvent, slot: str) -> dict[str, Any]:
+    values = event.model_dump(mode="python")
+    values.update(
+        pk=event_pk(event.organization_id, slot),
+        sk="EV",
+        slot=slot,
+        period_date=event.period_date.isoformat(),
+        event_time=instant(event.event_time),
+        recorded_at=instant(event.recorded_at),
+        gsi1pk=event.service_line_id,
+        gsi1sk=f"{event.period_date.isoformat()}#{event.id}",
+    )
+    return to_item(values)
+
+
+def event_from_item(item: dict[str, Any]) -> UsageEvent:
+    values = from_item(item)
+    for name in ("pk", "sk", "slot", "gsi1pk", "gsi1sk"):
+        values.pop(name, None)
+    return UsageEvent.model_validate(values)
+
+
+class PutOutcome:
+    """The result of a conditional put: stored, or the event already at that slot."""
+
+    def __init__(self, stored: bool, existing: UsageEvent | None = None) -> None:
+        self.stored = stored
+        self.existing = existing
+
+
+class DynamoEventStore:
+    """Events and pending batches in the events table."""
+
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self.table_name = table_name
+        self._client = client
+
+    @property
+    def client(self) -> DynamoDBClient:
+        return self._client or clients.dynamodb()
+
+    # -- events ----------------------------------------------------------------
+    def put_new(self, event: UsageEvent, slot: str) -> PutOutcome:
+        """Store the event only if its slot is free (one conditional PutItem, 1 write unit under 1 KB)."""
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=event_to_item(event, slot),
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+            return PutOutcome(True)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            item: dict[str, Any] | None = err.response.get("Item")  # type: ignore[assignment]
+            existing = event_from_item(item) if item else self.get(event.organization_id, slot)
+            return PutOutcome(False, existing)
+
+    def replace_expired(self, old: UsageEvent, new: UsageEvent, slot: str) -> bool:
+        """Move an event whose key expired aside and store the new one in its slot, atomically."""
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": event_to_item(old, archive_slot(old.id)),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": event_to_item(new, slot),
+                            "ConditionExpression": "id = :old",
+                            "ExpressionAttributeValues": {":old": {"S": old.id}},
+                        }
+                    },
+                ]
+            )
+            return True
+        except ClientError as err:
+            if err.response["Error"]["Code"] in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+                return False
+            raise
+
+    def get(self, organization_id: str, slot: str) -> UsageEvent | None:
+        item = self.client.get_item(
+            TableName=self.table_name, Key=key(event_pk(organization_id, slot), "EV"), ConsistentRead=True
+        ).get("Item")
+        return event_from_item(item) if item else None
+
+    def get_many(self, organization_id: str, slots: Iterable[str]) -> dict[str, UsageEvent]:
+        """Events by slot, read strongly consistent; missing slots are absent from the result."""
+        wanted = list(dict.fromkeys(slots))
+        found: dict[str, UsageEvent] = {}
+        for start in range(0, len(wanted), 100):
+            keys = [key(event_pk(organization_id, s), "EV") for s in wanted[start : start + 100]]
+            request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self.client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    found[item["slot"]["S"]] = event_from_item(item)
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    def query_line(
+        self, line_id: str, start: date, end: date, exclusive_start: dict[str, Any] | None = None, limit: int = 100
+    ) -> tuple[list[UsageEvent], dict[str, Any] | None]:
+        """A page of a line's events with start <= period_date <= end, in (period_date, id) order."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": "by_line",
+            "KeyConditionExpression": "gsi1pk = :line AND gsi1sk BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {
+                ":line": {"S": line_id},
+                ":lo": {"S": f"{start.isoformat()}#"},
+                ":hi": {"S": f"{end.isoformat()}#~"},
+            },
+            "Limit": limit,
+        }
+        if exclusive_start:
+            kwargs["ExclusiveStartKey"] = exclusive_start
+        page = self.client.query(**kwargs)
+        return [event_from_item(i) for i in page.get("Items", [])], page.get("LastEvaluatedKey")
+
+    def iter_line(self, line_id: str, start: date, end: date) -> Iterator[UsageEvent]:
+        cursor: dict[str, Any] | None = None
+        while True:
+            events, cursor = self.query_line(line_id, start, end, cursor, limit=500)
+            yield from events
+            if not cursor:
+                return
+
+    # -- pending batches -------------------------------------------------------
+    def put_pending(self, batch: PendingBatch) -> None:
+        self.client.put_item(
+            TableName=self.table_name,
+            Item=to_item(
+                {
+                    "pk": f"PENDING#{pending_shard(batch.batch_id)}",
+                    "sk": batch.batch_id,
+                    "organization_id": batch.organization_id,
+                    "created_at": instant(batch.created_at),
+                    "events": [list(pair) for pair in batch.events],
+                }
+            ),
+        )
+
+    def pending_key(self, batch_id: str) -> dict[str, Any]:
+        return key(f"PENDING#{pending_shard(batch_id)}", batch_id)
+
+    def delete_pending(self, batch_id: str) -> None:
+        self.client.delete_item(TableName=self.table_name, Key=self.pending_key(batch_id))
+
+    def delete_pending_many(self, batch_ids: Iterable[str]) -> None:
+        """Delete pending records (unconditional: deleting twice is harmless)."""
+        keys = [self.pending_key(b) for b in sorted(set(batch_ids))]
+        for chunk in chunked(keys, 25):
+            request: dict[str, Any] = {self.table_name: [{"DeleteRequest": {"Key": k}} for k in chunk]}
+            while request:
+                request = self.client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+
+    def is_pending(self, batch_id: str) -> bool:
+        return "Item" in self.client.get_item(
+            TableName=self.table_name, Key=self.pending_key(batch_id), ConsistentRead=True, ProjectionExpression="pk"
+        )
+
+    def pending_before(self, cutoff_sk: str, limit: int = 100) -> Iterator[PendingBatch]:
+        """Pending batches whose id sorts below `cutoff_sk` (created before the cutoff), every shard."""
+        for shard in range(PENDING_SHARDS):
+            kwargs: dict[str, Any] = {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "pk = :pk AND sk < :cut",
+                "ExpressionAttributeValues": {":pk": {"S": f"PENDING#{shard}"}, ":cut": {"S": cutoff_sk}},
+                "ConsistentRead": True,
+                "Limit": limit,
+            }
+            while True:
+                page = self.client.query(**kwargs)
+                for raw in page.get("Items", []):
+                    item = from_item(raw)
+                    last = item.get("last_enqueued_at")
+                    yield PendingBatch(
+                        batch_id=item["sk"],
+                        organization_id=item["organization_id"],
+                        created_at=datetime.fromisoformat(item["created_at"]),
+                        events=tuple((str(s), str(i)) for s, i in item["events"]),
+                        last_enqueued_at=datetime.fromisoformat(last) if last else None,
+                    )
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def claim_for_requeue(self, batch_id: str, now: datetime, not_since: datetime) -> bool:
+        """Mark a pending batch re-enqueued unless another sweeper did so since `not_since`."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=self.pending_key(batch_id),
+                UpdateExpression="SET last_enqueued_at = :now",
+                ConditionExpression="attribute_exists(pk) AND "
+                "(attribute_not_exists(last_enqueued_at) OR last_enqueued_at < :since)",
+                ExpressionAttributeValues={
+                    ":now": to_value(instant(now)),
+                    ":since": to_value(instant(not_since)),
+                },
+            )
+            return True
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

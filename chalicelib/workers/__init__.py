@@ -1,0 +1,1 @@
+"""Event handlers: the SQS aggregator and the scheduled jobs (Blueprints)."""
