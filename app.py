@@ -2,10 +2,11 @@
 
 from chalice.app import Chalice
 
-from chalicelib.api import catalog, usage_events
+from chalicelib.api import catalog, usage, usage_events
 from chalicelib.workers import pipeline
 
 app = Chalice(app_name="usage-metering")
 app.register_blueprint(catalog.bp)
 app.register_blueprint(usage_events.bp)
+app.register_blueprint(usage.bp)
 app.register_blueprint(pipeline.bp)

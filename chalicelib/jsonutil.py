@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +28,15 @@ def loads(text: str | bytes) -> Any:
         raise JsonParseError(str(exc)) from exc
 
 
+def _extra(value: Any) -> Any:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def dumps(value: Any) -> str:
-    """Serialize with Decimals as exact JSON numbers (never through float)."""
-    text: str = simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=False)
+    """Serialize with Decimals as exact JSON numbers (never through float); dates as ISO text."""
+    text: str = simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=False, default=_extra)
     return text

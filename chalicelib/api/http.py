@@ -177,6 +177,7 @@ def endpoint(
                     max_body_bytes=max_body_bytes or container.settings.max_body_bytes,
                 )
                 reply = fn(call)
+                return render(reply.status, reply.body, reply.content_type, request_id, reply.headers)
             except MeteringError as error:
                 if error.http_status >= 500:
                     log.error("request %s failed: %s", request_id, error)
@@ -187,7 +188,6 @@ def endpoint(
                 log.exception("request %s failed unexpectedly", request_id)
                 internal = MeteringError(ErrorCode.INTERNAL_ERROR)
                 return render(500, dialect.error_body(internal, request_id), dialect.content_type, request_id)
-            return render(reply.status, reply.body, reply.content_type, request_id, reply.headers)
 
         view.__name__ = fn.__name__
         view.__doc__ = fn.__doc__

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from chalicelib.domain.models import Meter, Plan, PlanLimits, Sla, UsageEvent, instant
 
@@ -13,7 +14,7 @@ from chalicelib.domain.models import Meter, Plan, PlanLimits, Sla, UsageEvent, i
 class QueryBase(BaseModel):
     """Query parameters: unknown ones are refused with a 400 naming them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class MetersQuery(QueryBase):
@@ -151,4 +152,56 @@ class UsageEventRecordPublic(BaseModel):
             meter=event.meter,
             quantity=event.quantity,
             recorded_at=instant(event.recorded_at),
+        )
+
+
+class ScopeQuery(QueryBase):
+    """The scoping filters shared by usage listings and summaries."""
+
+    organization_id: str | None = Field(default=None, max_length=64)
+    workspace_id: str | None = Field(default=None, max_length=64)
+    service_line_id: str | None = Field(default=None, max_length=64)
+    from_: date | None = Field(default=None, alias="from", description="Period start (inclusive), YYYY-MM-DD.")
+    to: date | None = Field(default=None, description="Period end (inclusive), YYYY-MM-DD.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScopeQuery:
+        if self.from_ is not None and self.to is not None and self.from_ > self.to:
+            raise ValueError("'from' must not be after 'to'")
+        return self
+
+
+class UsageQuery(ScopeQuery):
+    """Query parameters of `GET /v1/usage`."""
+
+    meter: str | None = Field(default=None, max_length=64)
+    cursor: str | None = Field(default=None, max_length=2048)
+    limit: int = Field(default=25, ge=1, le=100)
+
+
+class UsageEventPublic(BaseModel):
+    """A usage event as `GET /v1/usage` lists it."""
+
+    id: str
+    service_line_id: str
+    meter: str
+    quantity: Decimal
+    unit: str
+    recorded_at: str
+    period_date: date
+    source: str
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: UsageEvent) -> UsageEventPublic:
+        return cls(
+            id=event.id,
+            service_line_id=event.service_line_id,
+            meter=event.meter,
+            quantity=event.quantity,
+            unit=event.unit,
+            recorded_at=instant(event.recorded_at),
+            period_date=event.period_date,
+            source=event.source,
+            metadata=dict(event.metadata),
         )

@@ -170,9 +170,18 @@ class DynamoEventStore:
         return found
 
     def query_line(
-        self, line_id: str, start: date, end: date, exclusive_start: dict[str, Any] | None = None, limit: int = 100
-    ) -> tuple[list[UsageEvent], dict[str, Any] | None]:
-        """A page of a line's events with start <= period_date <= end, in (period_date, id) order."""
+        self,
+        line_id: str,
+        start: date,
+        end: date,
+        exclusive_start: dict[str, Any] | None = None,
+        limit: int = 100,
+        meter: str | None = None,
+    ) -> tuple[list[tuple[UsageEvent, dict[str, Any]]], dict[str, Any] | None]:
+        """A page of a line's events with start <= period_date <= end, in (period_date, id) order.
+
+        Each event comes with its index key, from which a later page can start.
+        """
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "IndexName": "by_line",
@@ -184,16 +193,22 @@ class DynamoEventStore:
             },
             "Limit": limit,
         }
+        if meter is not None:
+            kwargs["FilterExpression"] = "meter = :meter"
+            kwargs["ExpressionAttributeValues"][":meter"] = {"S": meter}
         if exclusive_start:
             kwargs["ExclusiveStartKey"] = exclusive_start
         page = self.client.query(**kwargs)
-        return [event_from_item(i) for i in page.get("Items", [])], page.get("LastEvaluatedKey")
+        rows = [
+            (event_from_item(i), {k: i[k] for k in ("pk", "sk", "gsi1pk", "gsi1sk")}) for i in page.get("Items", [])
+        ]
+        return rows, page.get("LastEvaluatedKey")
 
     def iter_line(self, line_id: str, start: date, end: date) -> Iterator[UsageEvent]:
         cursor: dict[str, Any] | None = None
         while True:
-            events, cursor = self.query_line(line_id, start, end, cursor, limit=500)
-            yield from events
+            rows, cursor = self.query_line(line_id, start, end, cursor, limit=500)
+            yield from (event for event, _ in rows)
             if not cursor:
                 return
 

@@ -1,0 +1,72 @@
+"""Routes that read usage (document 000): event listings and summaries."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from chalice.app import Blueprint
+
+from chalicelib.api.http import Call, Reply, endpoint
+from chalicelib.api.schemas import ScopeQuery, UsageEventPublic, UsageQuery
+from chalicelib.domain import cursors
+from chalicelib.domain.auth import USAGE_READ
+from chalicelib.domain.models import ServiceLine
+from chalicelib.services import queries
+
+bp = Blueprint(__name__)
+
+EARLIEST = date(2000, 1, 1)
+LATEST = date(9999, 12, 31)
+
+
+def _lines(call: Call, query: ScopeQuery) -> list[ServiceLine]:
+    return queries.lines_in_scope(
+        call.container.catalog,
+        call.organization_id,
+        query.organization_id,
+        query.workspace_id,
+        query.service_line_id,
+    )
+
+
+@endpoint(bp, "/v1/usage", scope=USAGE_READ)
+def list_usage(call: Call) -> Reply:
+    """List usage events in (service line, period_date, id) order, with an opaque cursor."""
+    query = call.query_as(UsageQuery)
+    lines = _lines(call, query)
+    filters = query.model_dump(mode="json", exclude={"cursor", "limit"})
+    bound = cursors.binding(call.organization_id, "usage", filters)
+    secret = call.container.settings.cursor_secret
+    position = cursors.decode(query.cursor, bound, secret) if query.cursor is not None else None
+    page = queries.list_usage(
+        call.container.events, lines, query.from_ or EARLIEST, query.to or LATEST, query.limit, query.meter, position
+    )
+    cursor = cursors.encode(page.next_position, bound, secret) if page.next_position else None
+    return Reply(
+        {
+            "data": [UsageEventPublic.of(e).model_dump(mode="python") for e in page.events],
+            "meta": {"cursor": cursor, "has_more": cursor is not None},
+        }
+    )
+
+
+@endpoint(bp, "/v1/usage/summary", scope=USAGE_READ)
+def usage_summary(call: Call) -> Reply:
+    """Usage per service line and meter over a period, with cost estimates, from rollups only."""
+    query = call.query_as(ScopeQuery)
+    today = call.container.clock().date()
+    start = query.from_ or today.replace(day=1)
+    end = query.to or today
+    if start > end:
+        start = end.replace(day=1)
+    lines = _lines(call, query)
+    summary = queries.summarize(call.container.catalog, call.container.rollups, lines, start, end)
+    return Reply(
+        {
+            "data": {
+                "period": {"from": start.isoformat(), "to": end.isoformat()},
+                "organization_id": call.organization_id,
+                **summary,
+            }
+        }
+    )
