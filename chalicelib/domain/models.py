@@ -17,6 +17,15 @@ PRODUCT_LINES: tuple[str, ...] = (
     "intelligence",
     "agent_gateway",
 )
+PRODUCT_LINE_NAMES: dict[str, str] = {
+    "talent": "Talent Marketplace",
+    "managed_services": "Managed Services",
+    "ods": "ODS",
+    "infrastructure": "Platforms & Infrastructure",
+    "intelligence": "Developer Intelligence",
+    "agent_gateway": "AI Agent Gateway",
+}
+METERED_USAGE_FEATURE = "metered_usage"
 
 
 def instant(moment: datetime) -> str:

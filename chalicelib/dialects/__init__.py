@@ -1,0 +1,1 @@
+"""The other vendors' API dialects over the same use cases and store."""

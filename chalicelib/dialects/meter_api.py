@@ -1,0 +1,202 @@
+"""The meter API dialect (document 002): meter subscriptions and report usage.
+
+Subscriptions are the organization's service lines; a subscription can report
+to a meter when its billing model rates that meter. Errors are `{code, message}`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from chalice.app import Blueprint
+from pydantic import BaseModel, ConfigDict, Field
+
+from chalicelib.api.http import Call, Reply, endpoint, parse_model
+from chalicelib.domain import usage
+from chalicelib.domain.auth import METER_REPORT
+from chalicelib.domain.models import METERED_USAGE_FEATURE, PRODUCT_LINE_NAMES, Meter, ServiceLine
+from chalicelib.errors import ErrorCode, MeteringError
+from chalicelib.services.ingest import ingest
+from chalicelib.services.ports import CatalogRepository
+
+bp = Blueprint(__name__)
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_CODES = {
+    ErrorCode.LICENSE_REQUIRED: "LICENSE.REQUIRED",
+    ErrorCode.IDEMPOTENCY_CONFLICT: "IDEMPOTENCY_KEY_CONFLICT",
+    ErrorCode.SERVICE_LINE_NOT_FOUND: "SUBSCRIPTION_NOT_FOUND",
+    ErrorCode.SERVICE_LINE_INACTIVE: "SUBSCRIPTION_PAUSED",
+    ErrorCode.AMBIGUOUS_SERVICE_LINE: "AMBIGUOUS_SUBSCRIPTION",
+}
+
+
+class MeterApiDialect:
+    """Errors as document 002 gives them: {"code": "METER_NOT_FOUND", "message": "..."}."""
+
+    content_type = "application/json"
+
+    def error_body(self, error: MeteringError, request_id: str) -> Any:
+        body: dict[str, Any] = {"code": _CODES.get(error.error_code, error.code.upper()), "message": error.message}
+        if error.field:
+            body["field"] = error.field
+        body["requestId"] = request_id
+        return body
+
+
+METER_API = MeterApiDialect()
+
+
+class ReportUsageBody(BaseModel):
+    """The body of `POST /v1/meter-usage`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: Any = Field(description="Usage value to record: a JSON number.")
+    customerId: str = Field(min_length=1, max_length=64)
+    meterId: str | None = Field(default=None, max_length=64)
+    meterName: str | None = Field(default=None, max_length=64)
+    subscriptionId: str | None = Field(default=None, max_length=64)
+    timestamp: str | None = Field(default=None, description="ISO-8601; defaults to now.")
+    metadata: dict[str, Any] | None = None
+
+
+def require_license(catalog: CatalogRepository, organization_id: str) -> None:
+    org = catalog.get_organization(organization_id)
+    plan = catalog.get_plan(org.plan_id) if org else None
+    if plan is None or not plan.has_feature(METERED_USAGE_FEATURE):
+        raise MeteringError(
+            ErrorCode.LICENSE_REQUIRED, "The organization's plan does not include metered usage (Metered Products)."
+        )
+
+
+def find_meter(catalog: CatalogRepository, meter_id: str | None, meter_name: str | None) -> Meter:
+    """A meter by UUID or by name; 400 METER_IDENTIFIER_REQUIRED, 404 METER_NOT_FOUND."""
+    if meter_id:
+        meter = catalog.get_meter_by_uuid(meter_id) if _UUID.match(meter_id) else None
+        if meter is None:
+            raise MeteringError(ErrorCode.METER_NOT_FOUND, f"No meter has the id '{meter_id}'.")
+        return meter
+    if meter_name:
+        meter = catalog.get_meter(meter_name) or next(
+            (m for m in catalog.list_meters() if m.name.lower() == meter_name.lower()), None
+        )
+        if meter is None:
+            raise MeteringError(ErrorCode.METER_NOT_FOUND, f"No meter is named '{meter_name}'.")
+        return meter
+    raise MeteringError(ErrorCode.METER_IDENTIFIER_REQUIRED)
+
+
+def reporting_lines(catalog: CatalogRepository, organization_id: str, meter: Meter) -> list[ServiceLine]:
+    """The organization's active service lines that can report to the meter (paused ones excluded)."""
+    return [
+        line
+        for line in catalog.list_service_lines(organization_id)
+        if line.status == "active" and line.permits(meter.id)
+    ]
+
+
+def subscription_public(line: ServiceLine, meter: Meter) -> dict[str, Any]:
+    return {
+        "subscriptionId": line.id,
+        "customerId": line.organization_id,
+        "name": line.name,
+        "status": "ACTIVE",
+        "workspaceId": line.workspace_id,
+        "products": [
+            {
+                "productId": line.product_line,
+                "productName": PRODUCT_LINE_NAMES.get(line.product_line, line.product_line),
+                "price": {"meterId": meter.uuid, "unitAmount": line.rates[meter.id], "currency": line.currency},
+            }
+        ],
+    }
+
+
+def _subscriptions(call: Call, meter_id: str | None, meter_name: str | None) -> Reply:
+    require_license(call.container.catalog, call.organization_id)
+    meter = find_meter(call.container.catalog, meter_id, meter_name)
+    lines = reporting_lines(call.container.catalog, call.organization_id, meter)
+    return Reply(
+        {
+            "meterId": meter.uuid,
+            "meterName": meter.id,
+            "status": meter.status,
+            "subscriptions": [subscription_public(line, meter) for line in lines],
+        }
+    )
+
+
+@endpoint(bp, "/v1/meters/{meterId}/subscriptions", scope=METER_REPORT, dialect=METER_API)
+def meter_subscriptions_by_id(call: Call) -> Reply:
+    """The subscriptions (with their products) that can report usage to a meter, by meter UUID."""
+    return _subscriptions(call, call.path["meterId"], None)
+
+
+@endpoint(bp, "/v1/meter-subscriptions", scope=METER_REPORT, dialect=METER_API)
+def meter_subscriptions_by_name(call: Call) -> Reply:
+    """The subscriptions that can report usage to a meter, by `?meterName=`."""
+    unknown = set(call.query) - {"meterName"}
+    if unknown:
+        raise MeteringError(ErrorCode.VALIDATION_ERROR, f"Unknown query parameter '{sorted(unknown)[0]}'.")
+    name = call.query.get("meterName", "").strip()
+    if not name:
+        raise MeteringError(ErrorCode.METER_IDENTIFIER_REQUIRED, "The meterName query parameter is required.")
+    return _subscriptions(call, None, name)
+
+
+@endpoint(bp, "/v1/meter-usage", methods=("POST",), scope=METER_REPORT, dialect=METER_API, max_body_bytes=16384)
+def report_usage(call: Call) -> Reply:
+    """Report usage to a meter: 202 queued, or 200 duplicate for a replayed idempotency key."""
+    key = call.header("idempotency-key") or call.header("x-api-idempotency-key")
+    if not key:
+        raise MeteringError(
+            ErrorCode.IDEMPOTENCY_KEY_REQUIRED, "The Idempotency-Key (or x-api-idempotency-key) header is required."
+        )
+    key = usage.check_idempotency_key(key, "Idempotency-Key")
+    now = call.container.clock()
+    body = parse_model(ReportUsageBody, call.json())
+    catalog = call.container.catalog
+    if body.customerId != call.organization_id:
+        raise MeteringError(ErrorCode.CUSTOMER_NOT_FOUND, f"No customer '{body.customerId}' is visible to this key.")
+    require_license(catalog, call.organization_id)
+    meter = find_meter(catalog, body.meterId, body.meterName)
+    if not meter.active:
+        raise MeteringError(ErrorCode.METER_ARCHIVED, f"Meter '{meter.id}' is archived; usage is rejected.")
+    quantity = usage.check_quantity(body.value, "value")
+    event_time = usage.check_timestamp(body.timestamp, now) if body.timestamp is not None else None
+    metadata = usage.check_metadata(body.metadata)
+    line_id = body.subscriptionId or _only_line(reporting_lines(catalog, call.organization_id, meter), meter)
+    draft = usage.UsageDraft(
+        service_line_id=line_id,
+        meter=meter.id,
+        quantity=quantity,
+        period_date=(event_time or now).date(),
+        event_time=event_time,
+        source="meter-api",
+        metadata=metadata,
+        idempotency_key=key,
+    )
+    c = call.container
+    (outcome,) = ingest([draft], call.organization_id, catalog, c.events, c.queue, now)
+    if outcome.status == "duplicate":
+        return Reply({"status": "duplicate", "idempotencyKey": key}, 200)
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.event is not None
+    return Reply({"status": "queued", "requestId": outcome.event.id}, 202)
+
+
+def _only_line(lines: list[ServiceLine], meter: Meter) -> str:
+    if not lines:
+        raise MeteringError(
+            ErrorCode.SERVICE_LINE_NOT_FOUND, f"No active subscription of this customer reports to '{meter.id}'."
+        )
+    if len(lines) > 1:
+        raise MeteringError(
+            ErrorCode.AMBIGUOUS_SERVICE_LINE,
+            f"Subscriptions {', '.join(line.id for line in lines)} all report to '{meter.id}'; "
+            "name one with subscriptionId.",
+        )
+    return lines[0].id
