@@ -2,7 +2,7 @@
 
 from chalice.app import Chalice
 
-from chalicelib.api import catalog, usage, usage_events
+from chalicelib.api import catalog, service_lines, usage, usage_events
 from chalicelib.dialects import meter_api, metronome, scalr
 from chalicelib.workers import pipeline
 
@@ -10,6 +10,7 @@ app = Chalice(app_name="usage-metering")
 app.register_blueprint(catalog.bp)
 app.register_blueprint(usage_events.bp)
 app.register_blueprint(usage.bp)
+app.register_blueprint(service_lines.bp)
 app.register_blueprint(meter_api.bp)
 app.register_blueprint(metronome.bp)
 app.register_blueprint(scalr.bp)

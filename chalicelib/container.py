@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from chalicelib.config import Settings, get_settings
+from chalicelib.services.rate_limit import ApiCallLimiter
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore
 from chalicelib.storage.queue import SqsQueue
@@ -28,13 +29,16 @@ class Container:
     rollups: DynamoRollupStore
     queue: SqsQueue
     dead_letters: SqsQueue
+    limiter: ApiCallLimiter
     clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Container:
+        catalog = DynamoCatalogRepository(settings.catalog_table)
         return cls(
             settings=settings,
-            catalog=DynamoCatalogRepository(settings.catalog_table),
+            catalog=catalog,
+            limiter=ApiCallLimiter(catalog),
             events=DynamoEventStore(settings.events_table),
             rollups=DynamoRollupStore(settings.rollups_table),
             queue=SqsQueue(settings.usage_queue),

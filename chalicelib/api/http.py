@@ -164,6 +164,7 @@ def endpoint(
                 container = get_container()
                 headers = {k.lower(): v for k, v in (request.headers or {}).items()}
                 principal = authenticate(container, headers.get("authorization"))
+                container.limiter.check(principal.organization_id, container.clock())
                 if scope is not None and not principal.can(scope):
                     raise MeteringError(ErrorCode.INSUFFICIENT_SCOPE, f"This operation needs the '{scope}' scope.")
                 call = Call(

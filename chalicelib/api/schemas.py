@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from chalicelib.domain.models import Meter, Plan, PlanLimits, Sla, UsageEvent, instant
+from chalicelib.domain.models import Meter, Plan, PlanLimits, ProductLine, ServiceLine, Sla, UsageEvent, instant
 
 
 class QueryBase(BaseModel):
@@ -204,4 +204,63 @@ class UsageEventPublic(BaseModel):
             period_date=event.period_date,
             source=event.source,
             metadata=dict(event.metadata),
+        )
+
+
+class ServiceLineCreate(BaseModel):
+    """The body of `POST /v1/service-lines`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workspace_id: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=120)
+    product_line: ProductLine
+    rates: dict[str, Decimal] = Field(description="Price per unit for each meter the line bills.", max_length=20)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+
+    @field_validator("rates", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for meter, rate in value.items():
+                if isinstance(rate, bool) or not isinstance(rate, (int, Decimal)):
+                    raise ValueError(f"rate of '{meter}' must be a JSON number")
+        return value
+
+
+class ServiceLinesQuery(QueryBase):
+    workspace_id: str | None = Field(default=None, max_length=64)
+    status: Literal["active", "paused"] | None = None
+
+
+class ServiceLinePublic(BaseModel):
+    """A service line with its billing model (the meters it bills and their rates)."""
+
+    id: str
+    organization_id: str
+    workspace_id: str
+    name: str
+    product_line: str
+    status: str
+    currency: str
+    billing_model: dict[str, Any]
+    created_at: str
+
+    @classmethod
+    def of(cls, line: ServiceLine, units: dict[str, str]) -> ServiceLinePublic:
+        return cls(
+            id=line.id,
+            organization_id=line.organization_id,
+            workspace_id=line.workspace_id,
+            name=line.name,
+            product_line=line.product_line,
+            status=line.status,
+            currency=line.currency,
+            billing_model={
+                "meters": [
+                    {"meter": meter, "unit": units.get(meter, ""), "rate": rate}
+                    for meter, rate in sorted(line.rates.items())
+                ]
+            },
+            created_at=instant(line.created_at),
         )

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from botocore.exceptions import ClientError
+
 from chalicelib.domain.models import ApiKey, Meter, Organization, Plan, ServiceLine, Workspace
 from chalicelib.storage import clients
 from chalicelib.storage.codec import from_item, key, to_item
@@ -163,6 +165,105 @@ class DynamoCatalogRepository:
         values = line.model_dump(mode="python")
         values["created_at"] = line.created_at.isoformat()
         self._put(f"ORG#{line.organization_id}", f"LIN#{line.id}", "service_line", values)
+
+    # -- service lines under the plan's active-line limit ------------------------
+    def _counter_update(self, organization_id: str, delta: int, limit: int | None) -> dict[str, Any]:
+        update: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": key(f"ORG#{organization_id}", "COUNTER#active_service_lines"),
+            "UpdateExpression": "ADD active :d",
+            "ExpressionAttributeValues": {":d": {"N": str(delta)}},
+        }
+        if limit is not None and delta > 0:
+            update["ConditionExpression"] = "attribute_not_exists(active) OR active < :limit"
+            update["ExpressionAttributeValues"][":limit"] = {"N": str(limit)}
+        return update
+
+    def create_service_line(self, line: ServiceLine, active_limit: int | None) -> str | None:
+        """Store a new active line and count it against the limit, atomically.
+
+        Returns None when stored, "limit" when the plan's limit is reached, "exists" when the id is taken.
+        """
+        values = line.model_dump(mode="python")
+        values["created_at"] = line.created_at.isoformat()
+        item = to_item({"pk": f"ORG#{line.organization_id}", "sk": f"LIN#{line.id}", "kind": "service_line", **values})
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {"Update": self._counter_update(line.organization_id, 1, active_limit)},  # type: ignore[typeddict-item]
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": item,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
+            return None
+        except ClientError as err:
+            reasons = err.response.get("CancellationReasons", [])  # type: ignore[typeddict-item]
+            if err.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return "limit"
+            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
+                return "exists"
+            raise
+
+    def set_service_line_status(
+        self, organization_id: str, line_id: str, status: str, active_limit: int | None
+    ) -> str | None:
+        """Pause or resume a line, keeping the active count; None when done, "limit" or "unchanged" otherwise."""
+        delta = 1 if status == "active" else -1
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {"Update": self._counter_update(organization_id, delta, active_limit)},  # type: ignore[typeddict-item]
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": key(f"ORG#{organization_id}", f"LIN#{line_id}"),
+                            "UpdateExpression": "SET #s = :new",
+                            "ConditionExpression": "attribute_exists(pk) AND #s <> :new",
+                            "ExpressionAttributeNames": {"#s": "status"},
+                            "ExpressionAttributeValues": {":new": {"S": status}},
+                        }
+                    },
+                ]
+            )
+            return None
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = err.response.get("CancellationReasons", [])  # type: ignore[typeddict-item]
+            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
+                return "unchanged"
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return "limit"
+            raise
+
+    def recount_active_lines(self, organization_id: str) -> int:
+        """Reset the active-line counter from the lines themselves (catalog loading only)."""
+        active = sum(1 for line in self.list_service_lines(organization_id) if line.status == "active")
+        self._put(f"ORG#{organization_id}", "COUNTER#active_service_lines", "counter", {"active": active})
+        return active
+
+    # -- API calls per organization and month -----------------------------------
+    def get_api_calls(self, organization_id: str, month: str) -> int:
+        item = self._get(f"ORG#{organization_id}", f"CALLS#{month}")
+        return int(item["calls"]) if item else 0
+
+    def add_api_calls(self, organization_id: str, month: str, calls: int) -> int:
+        """Add to an organization's call count for a month; returns the new total."""
+        response = self.client.update_item(
+            TableName=self.table_name,
+            Key=key(f"ORG#{organization_id}", f"CALLS#{month}"),
+            UpdateExpression="ADD calls :n",
+            ExpressionAttributeValues={":n": {"N": str(calls)}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"]["calls"]["N"])
 
     def put_api_key(self, api_key: ApiKey) -> None:
         values = api_key.model_dump(mode="json")

@@ -1,0 +1,112 @@
+"""Service lines: create, list, read, pause and resume, gated by the organization's plan (document 001)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from decimal import Decimal
+
+from chalicelib.domain.models import Plan, ServiceLine
+from chalicelib.domain.usage import decimal_places
+from chalicelib.errors import ErrorCode, MeteringError, validation_error
+from chalicelib.storage.catalog_repo import DynamoCatalogRepository
+
+MAX_RATE = Decimal(10) ** 9
+
+
+def plan_of(catalog: DynamoCatalogRepository, organization_id: str) -> Plan:
+    org = catalog.get_organization(organization_id)
+    plan = catalog.get_plan(org.plan_id) if org else None
+    if plan is None:
+        raise MeteringError(ErrorCode.INTERNAL_ERROR, "The organization has no plan.")
+    return plan
+
+
+def get_line(catalog: DynamoCatalogRepository, organization_id: str, line_id: str) -> ServiceLine:
+    line = catalog.get_service_line(organization_id, line_id)
+    if line is None:
+        raise MeteringError(
+            ErrorCode.SERVICE_LINE_NOT_FOUND, f"No service line '{line_id}' belongs to this organization."
+        )
+    return line
+
+
+def _limit_error(plan: Plan) -> MeteringError:
+    return MeteringError(
+        ErrorCode.PLAN_LIMIT_EXCEEDED,
+        f"Plan '{plan.id}' allows {plan.limits.active_service_lines} active service lines.",
+        details={"limit": "active_service_lines", "plan_id": plan.id, "max": plan.limits.active_service_lines},
+    )
+
+
+def create_line(
+    catalog: DynamoCatalogRepository,
+    organization_id: str,
+    workspace_id: str,
+    name: str,
+    product_line: str,
+    rates: dict[str, Decimal],
+    currency: str,
+    now: datetime,
+) -> ServiceLine:
+    """Create an active service line if the plan allows its product line and one more active line."""
+    if workspace_id not in {w.id for w in catalog.list_workspaces(organization_id)}:
+        raise MeteringError(
+            ErrorCode.NOT_FOUND, f"No workspace '{workspace_id}' belongs to this organization.", field="workspace_id"
+        )
+    plan = plan_of(catalog, organization_id)
+    if product_line not in plan.allowed_product_lines:
+        raise MeteringError(
+            ErrorCode.PLAN_LIMIT_EXCEEDED,
+            f"Plan '{plan.id}' does not allow the '{product_line}' product line.",
+            field="product_line",
+            details={"limit": "allowed_product_lines", "allowed_product_lines": list(plan.allowed_product_lines)},
+        )
+    if not rates:
+        raise validation_error("rates", "must name at least one meter")
+    for meter_id, rate in rates.items():
+        meter = catalog.get_meter(meter_id)
+        if meter is None:
+            raise MeteringError(
+                ErrorCode.METER_NOT_FOUND, f"No meter is named '{meter_id}'.", field=f"rates.{meter_id}"
+            )
+        if not meter.active:
+            raise MeteringError(ErrorCode.METER_ARCHIVED, f"Meter '{meter_id}' is archived.", field=f"rates.{meter_id}")
+        if product_line not in meter.product_lines:
+            raise MeteringError(
+                ErrorCode.METER_NOT_PERMITTED,
+                f"Meter '{meter_id}' does not belong to the '{product_line}' product line.",
+                field=f"rates.{meter_id}",
+            )
+        if not rate.is_finite() or rate < 0 or rate > MAX_RATE or decimal_places(rate) > 9:
+            raise validation_error(f"rates.{meter_id}", "must be a number from 0 to 10^9 with at most 9 decimals")
+    for _ in range(5):
+        line = ServiceLine(
+            id=f"LIN-{now:%y}-{secrets.randbelow(900000) + 100000}",
+            organization_id=organization_id,
+            workspace_id=workspace_id,
+            name=name,
+            product_line=product_line,  # type: ignore[arg-type]
+            status="active",
+            currency=currency,
+            rates=rates,
+            created_at=now,
+        )
+        outcome = catalog.create_service_line(line, plan.limits.active_service_lines)
+        if outcome is None:
+            return line
+        if outcome == "limit":
+            raise _limit_error(plan)
+    raise MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Could not allocate a service line id; retry.")
+
+
+def set_status(catalog: DynamoCatalogRepository, organization_id: str, line_id: str, status: str) -> ServiceLine:
+    """Pause or resume a line (idempotent); resuming counts against the plan's active-line limit."""
+    line = get_line(catalog, organization_id, line_id)
+    if line.status == status:
+        return line
+    plan = plan_of(catalog, organization_id)
+    outcome = catalog.set_service_line_status(organization_id, line_id, status, plan.limits.active_service_lines)
+    if outcome == "limit":
+        raise _limit_error(plan)
+    return get_line(catalog, organization_id, line_id)
