@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit integration e2e clean
+STAGE ?= dev
+PACKAGE_DIR := build/package-$(STAGE)
+
+.PHONY: install run test lint typecheck unit package cfn-lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +28,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck cfn-lint
 	$(BIN)/python -m pytest
+
+# The CloudFormation (SAM) template and Lambda package for a stage: chalice package
+# merged with the tables, queues, event-source settings and IAM policy built from the schema.
+package: $(STAMP)
+	rm -rf $(PACKAGE_DIR) && mkdir -p build
+	$(BIN)/python -m tools.deploy_template --stage $(STAGE) > build/merge-$(STAGE).json
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} METERING_STAGE=$(STAGE) METERING_USAGE_QUEUE=metering-usage-$(STAGE) \
+		$(BIN)/chalice package --stage $(STAGE) --merge-template build/merge-$(STAGE).json $(PACKAGE_DIR)
+	@echo "packaged: $(PACKAGE_DIR)/sam.json and $(PACKAGE_DIR)/deployment.zip"
+
+cfn-lint: package
+	$(BIN)/cfn-lint $(PACKAGE_DIR)/sam.json
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

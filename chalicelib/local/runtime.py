@@ -12,7 +12,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +41,7 @@ def make_context(name: str, timeout_s: float = 60.0) -> LambdaContext:
     return LambdaContext(name, str(uuid.uuid4()), time.monotonic() + timeout_s)
 
 
-def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
+def sqs_event(messages: Sequence[Mapping[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
     """An SQS-triggered Lambda event from ReceiveMessage results."""
     return {
         "Records": [
