@@ -2,7 +2,7 @@
 
 from chalice.app import Chalice
 
-from chalicelib.api import catalog, service_lines, usage, usage_events
+from chalicelib.api import catalog, openapi, service_lines, usage, usage_events
 from chalicelib.dialects import meter_api, metronome, scalr
 from chalicelib.workers import pipeline
 
@@ -15,3 +15,4 @@ app.register_blueprint(meter_api.bp)
 app.register_blueprint(metronome.bp)
 app.register_blueprint(scalr.bp)
 app.register_blueprint(pipeline.bp)
+app.register_blueprint(openapi.bp)

@@ -5,14 +5,23 @@ from __future__ import annotations
 from chalice.app import Blueprint
 
 from chalicelib.api.http import Call, Reply, endpoint
-from chalicelib.api.schemas import MeterPublic, MetersQuery, PlanPublic, PlansQuery, PlanSummaryPublic
+from chalicelib.api.schemas import (
+    MeterListPublic,
+    MeterPublic,
+    MetersQuery,
+    PlanEnvelope,
+    PlanListPublic,
+    PlanPublic,
+    PlansQuery,
+    PlanSummaryPublic,
+)
 from chalicelib.domain.auth import CATALOG_READ
 from chalicelib.services import catalog
 
 bp = Blueprint(__name__)
 
 
-@endpoint(bp, "/v1/meters", scope=CATALOG_READ)
+@endpoint(bp, "/v1/meters", scope=CATALOG_READ, query=MetersQuery, responses={200: MeterListPublic})
 def list_meters(call: Call) -> Reply:
     """List the platform meters with their units and product lines."""
     query = call.query_as(MetersQuery)
@@ -20,7 +29,7 @@ def list_meters(call: Call) -> Reply:
     return Reply({"data": [MeterPublic.of(m).model_dump(mode="python") for m in meters]})
 
 
-@endpoint(bp, "/v1/plans", scope=CATALOG_READ)
+@endpoint(bp, "/v1/plans", scope=CATALOG_READ, query=PlansQuery, responses={200: PlanListPublic})
 def list_plans(call: Call) -> Reply:
     """List the plans; deprecated ones only with include_deprecated=true."""
     query = call.query_as(PlansQuery)
@@ -29,7 +38,7 @@ def list_plans(call: Call) -> Reply:
     return Reply({"data": data, "meta": {"cursor": None, "has_more": False}})
 
 
-@endpoint(bp, "/v1/plans/{plan_id}", scope=CATALOG_READ)
+@endpoint(bp, "/v1/plans/{plan_id}", scope=CATALOG_READ, responses={200: PlanEnvelope})
 def get_plan(call: Call) -> Reply:
     """One plan with its features, limits, support tier and SLA."""
     plan = catalog.get_plan(call.container.catalog, call.path["plan_id"])

@@ -17,6 +17,7 @@ from chalice.app import Blueprint, Response
 from pydantic import BaseModel, ValidationError
 
 from chalicelib import jsonutil
+from chalicelib.api.schemas import ErrorPublic
 from chalicelib.container import Container, get_container
 from chalicelib.domain.auth import hash_key
 from chalicelib.domain.models import Principal
@@ -39,7 +40,7 @@ class Reply:
 
 
 class Dialect(Protocol):
-    """How one API dialect shapes its error bodies."""
+    """How one API dialect shapes its error bodies (and, for the OpenAPI document, their model)."""
 
     content_type: str
 
@@ -50,12 +51,32 @@ class NativeDialect:
     """The native envelope: {"error": {"code", "message", "field"?, "request_id"}}."""
 
     content_type = JSON
+    error_model: type[BaseModel] = ErrorPublic
 
     def error_body(self, error: MeteringError, request_id: str) -> Any:
         return {"error": {**error.to_dict(), "request_id": request_id}}
 
 
 NATIVE = NativeDialect()
+
+
+@dataclass(frozen=True)
+class RouteDoc:
+    """What the OpenAPI document says of a route: its models, scope and dialect."""
+
+    path: str
+    method: str
+    name: str
+    summary: str
+    scope: str | None
+    dialect: Dialect
+    query: type[BaseModel] | None
+    body: type[BaseModel] | None
+    responses: Mapping[int, type[BaseModel] | None]
+    headers: Mapping[str, str]
+
+
+ROUTES: list[RouteDoc] = []
 
 
 @dataclass(frozen=True)
@@ -152,10 +173,34 @@ def endpoint(
     scope: str | None,
     dialect: Dialect = NATIVE,
     max_body_bytes: int | None = None,
+    query: type[BaseModel] | None = None,
+    body: type[BaseModel] | None = None,
+    responses: Mapping[int, type[BaseModel] | None] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[[Call], Reply]], Callable[[Call], Reply]]:
-    """Register a route whose function takes a `Call` and returns a `Reply`."""
+    """Register a route whose function takes a `Call` and returns a `Reply`.
+
+    `query`, `body`, `responses` (status -> model) and `headers` (request headers the
+    route reads, name -> description) feed the OpenAPI document; they do not validate.
+    """
 
     def decorate(fn: Callable[[Call], Reply]) -> Callable[[Call], Reply]:
+        for method in methods:
+            ROUTES.append(
+                RouteDoc(
+                    path=path,
+                    method=method.lower(),
+                    name=fn.__name__,
+                    summary=(fn.__doc__ or fn.__name__).strip().splitlines()[0],
+                    scope=scope,
+                    dialect=dialect,
+                    query=query,
+                    body=body,
+                    responses=responses or {200: None},
+                    headers=headers or {},
+                )
+            )
+
         def view(**path_params: str) -> Response:
             request = bp.current_request
             context = request.context or {}

@@ -264,3 +264,108 @@ class ServiceLinePublic(BaseModel):
             },
             created_at=instant(line.created_at),
         )
+
+
+# -- response envelopes (the OpenAPI document is generated from these) --------------------------
+
+
+class ErrorDetail(BaseModel):
+    """The body of a native error: a stable code, a message, the field at fault if any."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+    field: str | None = None
+    request_id: str
+
+
+class ErrorPublic(BaseModel):
+    """The native error envelope."""
+
+    error: ErrorDetail
+
+
+class MeterListPublic(BaseModel):
+    data: list[MeterPublic]
+
+
+class PlanListPublic(BaseModel):
+    data: list[PlanSummaryPublic]
+    meta: ListMeta
+
+
+class PlanEnvelope(BaseModel):
+    data: PlanPublic
+
+
+class UsageEventEnvelope(BaseModel):
+    data: UsageEventRecordPublic
+
+
+class BatchItemError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class BatchItemResult(BaseModel):
+    """The outcome of one event of a batch, at its index in the request."""
+
+    index: int
+    status: Literal["accepted", "duplicate", "conflict", "rejected"]
+    data: UsageEventRecordPublic | None = None
+    error: BatchItemError | None = None
+
+
+class BatchResultPublic(BaseModel):
+    data: list[BatchItemResult]
+
+
+class UsageListPublic(BaseModel):
+    data: list[UsageEventPublic]
+    meta: ListMeta
+
+
+class SummaryMeter(BaseModel):
+    meter: str
+    quantity: Decimal
+    unit: str
+
+
+class SummaryLine(BaseModel):
+    service_line_id: str
+    name: str
+    product_line: str
+    meters: list[SummaryMeter]
+    cost_estimate: Decimal
+
+
+class SummaryPeriod(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: date = Field(alias="from")
+    to: date
+
+
+class UsageSummary(BaseModel):
+    period: SummaryPeriod
+    organization_id: str
+    total_cost_estimate: Decimal
+    currency: str
+    by_service_line: list[SummaryLine]
+
+
+class UsageSummaryPublic(BaseModel):
+    data: UsageSummary
+
+
+class ServiceLineEnvelope(BaseModel):
+    data: ServiceLinePublic
+
+
+class ServiceLineListPublic(BaseModel):
+    data: list[ServiceLinePublic]
+    meta: ListMeta

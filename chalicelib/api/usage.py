@@ -7,7 +7,7 @@ from datetime import date
 from chalice.app import Blueprint
 
 from chalicelib.api.http import Call, Reply, endpoint
-from chalicelib.api.schemas import ScopeQuery, UsageEventPublic, UsageQuery
+from chalicelib.api.schemas import ScopeQuery, UsageEventPublic, UsageListPublic, UsageQuery, UsageSummaryPublic
 from chalicelib.domain import cursors
 from chalicelib.domain.auth import USAGE_READ
 from chalicelib.domain.models import ServiceLine
@@ -29,7 +29,7 @@ def _lines(call: Call, query: ScopeQuery) -> list[ServiceLine]:
     )
 
 
-@endpoint(bp, "/v1/usage", scope=USAGE_READ)
+@endpoint(bp, "/v1/usage", scope=USAGE_READ, query=UsageQuery, responses={200: UsageListPublic})
 def list_usage(call: Call) -> Reply:
     """List usage events in (service line, period_date, id) order, with an opaque cursor."""
     query = call.query_as(UsageQuery)
@@ -50,7 +50,7 @@ def list_usage(call: Call) -> Reply:
     )
 
 
-@endpoint(bp, "/v1/usage/summary", scope=USAGE_READ)
+@endpoint(bp, "/v1/usage/summary", scope=USAGE_READ, query=ScopeQuery, responses={200: UsageSummaryPublic})
 def usage_summary(call: Call) -> Reply:
     """Usage per service line and meter over a period, with cost estimates, from rollups only."""
     query = call.query_as(ScopeQuery)

@@ -8,7 +8,13 @@ from typing import Any
 from chalice.app import Blueprint
 
 from chalicelib.api.http import Call, Reply, endpoint, parse_model
-from chalicelib.api.schemas import UsageEventBatchCreate, UsageEventCreate, UsageEventRecordPublic
+from chalicelib.api.schemas import (
+    BatchResultPublic,
+    UsageEventBatchCreate,
+    UsageEventCreate,
+    UsageEventEnvelope,
+    UsageEventRecordPublic,
+)
 from chalicelib.domain import usage
 from chalicelib.domain.auth import METERING_WRITE
 from chalicelib.errors import MeteringError
@@ -52,7 +58,15 @@ def _run(call: Call, items: list[usage.UsageDraft | MeteringError], now: datetim
     return ingest(items, call.organization_id, c.catalog, c.events, c.queue, now)
 
 
-@endpoint(bp, "/v1/metering/events", methods=("POST",), scope=METERING_WRITE, max_body_bytes=SINGLE_BODY_LIMIT)
+@endpoint(
+    bp,
+    "/v1/metering/events",
+    methods=("POST",),
+    scope=METERING_WRITE,
+    max_body_bytes=SINGLE_BODY_LIMIT,
+    body=UsageEventCreate,
+    responses={201: UsageEventEnvelope, 200: UsageEventEnvelope},
+)
 def ingest_event(call: Call) -> Reply:
     """Ingest one usage event; a replay of its idempotency key returns the original record."""
     now = call.container.clock()
@@ -67,7 +81,15 @@ def ingest_event(call: Call) -> Reply:
     return Reply(record, 201)
 
 
-@endpoint(bp, "/v1/metering/events/batch", methods=("POST",), scope=METERING_WRITE, max_body_bytes=BATCH_BODY_LIMIT)
+@endpoint(
+    bp,
+    "/v1/metering/events/batch",
+    methods=("POST",),
+    scope=METERING_WRITE,
+    max_body_bytes=BATCH_BODY_LIMIT,
+    body=UsageEventBatchCreate,
+    responses={200: BatchResultPublic},
+)
 def ingest_batch(call: Call) -> Reply:
     """Ingest up to 100 events; one result per item, in order (a bad item does not sink the others)."""
     now = call.container.clock()

@@ -1,5 +1,7 @@
 """The meter API dialect (document 002): meter subscriptions and report usage.
 
+Field names are the document's (camelCase), so the models here use them as they are.
+
 Subscriptions are the organization's service lines; a subscription can report
 to a meter when its billing model rates that meter. Errors are `{code, message}`.
 """
@@ -7,7 +9,8 @@ to a meter when its billing model rates that meter. Errors are `{code, message}`
 from __future__ import annotations
 
 import re
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 from chalice.app import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,10 +35,20 @@ _CODES = {
 }
 
 
+class MeterApiErrorPublic(BaseModel):
+    """An error as document 002 gives it."""
+
+    code: str
+    message: str
+    field: str | None = None
+    requestId: str
+
+
 class MeterApiDialect:
     """Errors as document 002 gives them: {"code": "METER_NOT_FOUND", "message": "..."}."""
 
     content_type = "application/json"
+    error_model = MeterApiErrorPublic
 
     def error_body(self, error: MeteringError, request_id: str) -> Any:
         body: dict[str, Any] = {"code": _CODES.get(error.error_code, error.code.upper()), "message": error.message}
@@ -60,6 +73,56 @@ class ReportUsageBody(BaseModel):
     subscriptionId: str | None = Field(default=None, max_length=64)
     timestamp: str | None = Field(default=None, description="ISO-8601; defaults to now.")
     metadata: dict[str, Any] | None = None
+
+
+class MeterNameQuery(BaseModel):
+    meterName: str | None = None
+
+
+class PricePublic(BaseModel):
+    meterId: str
+    unitAmount: Decimal
+    currency: str
+
+
+class ProductPublic(BaseModel):
+    productId: str
+    productName: str
+    price: PricePublic
+
+
+class SubscriptionPublic(BaseModel):
+    subscriptionId: str
+    customerId: str
+    name: str
+    status: str
+    workspaceId: str
+    products: list[ProductPublic]
+
+
+class MeterSubscriptionsPublic(BaseModel):
+    """The subscriptions (with their products) that can report usage to a meter."""
+
+    meterId: str
+    meterName: str
+    status: str
+    subscriptions: list[SubscriptionPublic]
+
+
+class ReportQueuedPublic(BaseModel):
+    status: Literal["queued"]
+    requestId: str
+
+
+class ReportDuplicatePublic(BaseModel):
+    status: Literal["duplicate"]
+    idempotencyKey: str
+
+
+_KEY_HEADERS = {
+    "Idempotency-Key": "Deduplicates retries (required unless x-api-idempotency-key is sent).",
+    "x-api-idempotency-key": "The same, under the reference's header name.",
+}
 
 
 def require_license(catalog: CatalogRepository, organization_id: str) -> None:
@@ -128,13 +191,26 @@ def _subscriptions(call: Call, meter_id: str | None, meter_name: str | None) -> 
     )
 
 
-@endpoint(bp, "/v1/meters/{meterId}/subscriptions", scope=METER_REPORT, dialect=METER_API)
+@endpoint(
+    bp,
+    "/v1/meters/{meterId}/subscriptions",
+    scope=METER_REPORT,
+    dialect=METER_API,
+    responses={200: MeterSubscriptionsPublic},
+)
 def meter_subscriptions_by_id(call: Call) -> Reply:
     """The subscriptions (with their products) that can report usage to a meter, by meter UUID."""
     return _subscriptions(call, call.path["meterId"], None)
 
 
-@endpoint(bp, "/v1/meter-subscriptions", scope=METER_REPORT, dialect=METER_API)
+@endpoint(
+    bp,
+    "/v1/meter-subscriptions",
+    scope=METER_REPORT,
+    dialect=METER_API,
+    query=MeterNameQuery,
+    responses={200: MeterSubscriptionsPublic},
+)
 def meter_subscriptions_by_name(call: Call) -> Reply:
     """The subscriptions that can report usage to a meter, by `?meterName=`."""
     unknown = set(call.query) - {"meterName"}
@@ -146,7 +222,17 @@ def meter_subscriptions_by_name(call: Call) -> Reply:
     return _subscriptions(call, None, name)
 
 
-@endpoint(bp, "/v1/meter-usage", methods=("POST",), scope=METER_REPORT, dialect=METER_API, max_body_bytes=16384)
+@endpoint(
+    bp,
+    "/v1/meter-usage",
+    methods=("POST",),
+    scope=METER_REPORT,
+    dialect=METER_API,
+    max_body_bytes=16384,
+    body=ReportUsageBody,
+    responses={202: ReportQueuedPublic, 200: ReportDuplicatePublic},
+    headers=_KEY_HEADERS,
+)
 def report_usage(call: Call) -> Reply:
     """Report usage to a meter: 202 queued, or 200 duplicate for a replayed idempotency key."""
     key = call.header("idempotency-key") or call.header("x-api-idempotency-key")

@@ -21,7 +21,7 @@ from typing import Any
 
 from chalice.app import Chalice, ScheduledEventConfig, SQSEventConfig
 from chalice.config import Config
-from chalice.local import LocalDevServer, ThreadedHTTPServer
+from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPServer
 
 from chalicelib.container import Container, set_container
 from chalicelib.local.emulator import Emulator
@@ -45,6 +45,26 @@ class NoDelayHTTPServer(ThreadedHTTPServer):
         conn, addr = super().get_request()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn, addr
+
+
+class RequestHandler(ChaliceRequestHandler):
+    """Chalice's handler, answering any method it does not route (TRACE, QUERY...) with 405, as API Gateway does.
+
+    Python's base handler would answer 501 Not Implemented, a server error a client cannot fix.
+    """
+
+    def _method_not_allowed(self) -> None:
+        body = b'{"error":{"code":"method_not_allowed","message":"This method is not supported."}}'
+        self.send_response(405)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
 
 
 class LocalStack:
@@ -74,7 +94,9 @@ class LocalStack:
             self.keys = {env: issued.secret for env, issued in catalog_admin.load_demo_data(container.catalog).items()}
         app = load_app()
         config = chalice_config(app)
-        self.server = LocalDevServer(app, config, self.host, self.port, server_cls=NoDelayHTTPServer)
+        self.server = LocalDevServer(
+            app, config, self.host, self.port, handler_cls=RequestHandler, server_cls=NoDelayHTTPServer
+        )
         self.port = self.server.server.server_address[1]
         self._server_thread = threading.Thread(target=self.server.server.serve_forever, name="http", daemon=True)
         self._server_thread.start()

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import FULL_KEY
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.localstack import running_stack
 
 
 def request(url: str, key: str | None = FULL_KEY, data: Any = None, headers: dict[str, str] | None = None) -> Any:
@@ -34,39 +29,8 @@ def request(url: str, key: str | None = FULL_KEY, data: Any = None, headers: dic
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[str]:
-    """`python -m chalicelib.local.stack --port 0` as a subprocess; yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chalicelib.local.stack", "--port", "0", "--schedule-every", "1"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    base_url = None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("usage-metering local stack: "):
-            base_url = line.split(": ", 1)[1].strip()
-        if line.strip().startswith("ready"):
-            break
-    assert base_url, "".join(lines)
-    try:
+    with running_stack("--schedule-every", "1") as base_url:
         yield base_url
-    finally:
-        proc.send_signal(2)  # Ctrl-C
-        try:
-            output, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert proc.returncode == 0, output
-        assert "stopped" in output
 
 
 def test_stack_serves_meters_and_plans_to_a_demo_key(stack: str) -> None:
