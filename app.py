@@ -2,11 +2,13 @@
 
 from chalice.app import Chalice
 
+from chalicelib import observability
 from chalicelib.api import catalog, openapi, service_lines, usage, usage_events
 from chalicelib.dialects import meter_api, metronome, scalr
 from chalicelib.workers import pipeline
 
 app = Chalice(app_name="usage-metering")
+app.register_middleware(observability.observe, "all")
 app.register_blueprint(catalog.bp)
 app.register_blueprint(usage_events.bp)
 app.register_blueprint(usage.bp)

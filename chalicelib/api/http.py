@@ -8,6 +8,7 @@ service's errors (by class) to the route's dialect in one place.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from chalicelib.domain.auth import hash_key
 from chalicelib.domain.models import Principal
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
 
-log = logging.getLogger("metering.http")
+log = logging.getLogger("usage-metering.http")
 M = TypeVar("M", bound=BaseModel)
 
 JSON = "application/json"
@@ -205,10 +206,13 @@ def endpoint(
             request = bp.current_request
             context = request.context or {}
             request_id = str(context.get("requestId") or uuid.uuid4())
+            started = time.monotonic()
+            organization_id = None
             try:
                 container = get_container()
                 headers = {k.lower(): v for k, v in (request.headers or {}).items()}
                 principal = authenticate(container, headers.get("authorization"))
+                organization_id = principal.organization_id
                 container.limiter.check(principal.organization_id, container.clock())
                 if scope is not None and not principal.can(scope):
                     raise MeteringError(ErrorCode.INSUFFICIENT_SCOPE, f"This operation needs the '{scope}' scope.")
@@ -223,17 +227,27 @@ def endpoint(
                     max_body_bytes=max_body_bytes or container.settings.max_body_bytes,
                 )
                 reply = fn(call)
-                return render(reply.status, reply.body, reply.content_type, request_id, reply.headers)
+                response = render(reply.status, reply.body, reply.content_type, request_id, reply.headers)
             except MeteringError as error:
                 if error.http_status >= 500:
-                    log.error("request %s failed: %s", request_id, error)
-                return render(
-                    error.http_status, dialect.error_body(error, request_id), dialect.content_type, request_id
-                )
+                    log.error("request failed: %s", error)
+                body = dialect.error_body(error, request_id)
+                response = render(error.http_status, body, dialect.content_type, request_id)
             except Exception:
-                log.exception("request %s failed unexpectedly", request_id)
+                log.exception("request failed unexpectedly")
                 internal = MeteringError(ErrorCode.INTERNAL_ERROR)
-                return render(500, dialect.error_body(internal, request_id), dialect.content_type, request_id)
+                response = render(500, dialect.error_body(internal, request_id), dialect.content_type, request_id)
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "route": path,
+                    "status": response.status_code,
+                    "organization_id": organization_id,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
+            return response
 
         view.__name__ = fn.__name__
         view.__doc__ = fn.__doc__

@@ -7,6 +7,7 @@ from typing import Any
 
 from chalice.app import Blueprint
 
+from chalicelib import observability
 from chalicelib.api.http import Call, Reply, endpoint, parse_model
 from chalicelib.api.schemas import (
     BatchResultPublic,
@@ -72,6 +73,7 @@ def ingest_event(call: Call) -> Reply:
     now = call.container.clock()
     draft = draft_from_body(call.json(), now)
     (outcome,) = _run(call, [draft], now)
+    observability.count_outcomes([outcome.status])
     if outcome.error is not None:
         raise outcome.error
     assert outcome.event is not None
@@ -101,7 +103,9 @@ def ingest_batch(call: Call) -> Reply:
         except MeteringError as error:
             items.append(error)
     results = []
-    for index, outcome in enumerate(_run(call, items, now)):
+    outcomes = _run(call, items, now)
+    observability.count_outcomes([o.status for o in outcomes])
+    for index, outcome in enumerate(outcomes):
         result: dict[str, Any] = {"index": index, "status": outcome.status}
         if outcome.event is not None and outcome.status in ("accepted", "duplicate"):
             result["data"] = UsageEventRecordPublic.of(outcome.event).model_dump(mode="python")

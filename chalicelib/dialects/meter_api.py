@@ -15,6 +15,7 @@ from typing import Any, Literal
 from chalice.app import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib import observability
 from chalicelib.api.http import Call, Reply, endpoint, parse_model
 from chalicelib.domain import usage
 from chalicelib.domain.auth import METER_REPORT
@@ -266,6 +267,7 @@ def report_usage(call: Call) -> Reply:
     )
     c = call.container
     (outcome,) = ingest([draft], call.organization_id, catalog, c.events, c.queue, now)
+    observability.count_outcomes([outcome.status])
     if outcome.status == "duplicate":
         return Reply({"status": "duplicate", "idempotencyKey": key}, 200)
     if outcome.error is not None:

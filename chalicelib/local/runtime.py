@@ -19,7 +19,7 @@ from typing import Any
 
 from chalicelib.storage import clients
 
-log = logging.getLogger("metering.local")
+log = logging.getLogger("usage-metering.local")
 
 Handler = Callable[[dict[str, Any], Any], Any]
 

@@ -28,7 +28,7 @@ from chalicelib.local.emulator import Emulator
 from chalicelib.local.runtime import Scheduler, SqsPoller, schedule_seconds
 from chalicelib.services import catalog_admin
 
-log = logging.getLogger("metering.local")
+log = logging.getLogger("usage-metering.local")
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 

@@ -16,7 +16,7 @@ from chalicelib.services.ingest import MessageQueue
 from chalicelib.storage.events_repo import DynamoEventStore, archive_slot
 from chalicelib.storage.rollups_repo import MAX_TRANSACTION_ACTIONS, ApplyUnit, DynamoRollupStore
 
-log = logging.getLogger("metering.aggregate")
+log = logging.getLogger("usage-metering.aggregate")
 
 # A chunk touches at most this many rollups, so its marker and rollups fit one transaction.
 MAX_ROLLUPS_PER_CHUNK = MAX_TRANSACTION_ACTIONS - 2

@@ -29,7 +29,7 @@ from chalicelib.errors import ErrorCode, MeteringError
 from chalicelib.services.ports import CatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore, PendingBatch, slot_for
 
-log = logging.getLogger("metering.ingest")
+log = logging.getLogger("usage-metering.ingest")
 
 Status = Literal["accepted", "duplicate", "conflict", "rejected"]
 

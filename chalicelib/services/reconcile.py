@@ -25,7 +25,7 @@ from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore
 from chalicelib.storage.rollups_repo import DynamoRollupStore, Rollup
 
-log = logging.getLogger("metering.reconcile")
+log = logging.getLogger("usage-metering.reconcile")
 
 RECENT_DAYS = 3
 QUIET_PERIOD = timedelta(minutes=2)

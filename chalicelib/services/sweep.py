@@ -12,7 +12,7 @@ from chalicelib.domain.pipeline import BatchMessage
 from chalicelib.services.ingest import MessageQueue
 from chalicelib.storage.events_repo import DynamoEventStore
 
-log = logging.getLogger("metering.sweep")
+log = logging.getLogger("usage-metering.sweep")
 
 PENDING_GRACE = timedelta(minutes=5)
 

@@ -32,7 +32,7 @@ from chalicelib.storage.codec import dec, from_item, key, to_value
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-log = logging.getLogger("metering.rollups")
+log = logging.getLogger("usage-metering.rollups")
 MAX_TRANSACTION_ACTIONS = 100
 MARKER_TTL = timedelta(days=30)
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
 
 from chalice.app import Blueprint, Cron, Rate, SQSEvent
 
+from chalicelib import observability
 from chalicelib.container import get_container
 from chalicelib.services import aggregate, reconcile, sweep
 from chalicelib.storage.schema import QUEUES, resource_name
 
-log = logging.getLogger("metering.workers")
+log = logging.getLogger("usage-metering.workers")
 bp = Blueprint(__name__)
 
 # The event source binding is deploy-time metadata, so Chalice needs the queue name when
@@ -40,19 +40,20 @@ def aggregate_usage(event: SQSEvent) -> dict[str, Any]:
     result = aggregate.aggregate(
         deliveries, container.events, container.rollups, container.dead_letters, container.clock()
     )
+    observability.count(observability.EVENTS_ROLLED_UP, result.events_applied)
+    observability.count(observability.MESSAGES_DEAD_LETTERED, len(result.dead_lettered))
     log.info(
-        json.dumps(
-            {
-                "job": "aggregate",
-                "messages": len(deliveries),
-                "events_applied": result.events_applied,
-                "chunks_applied": result.units_applied,
-                "chunks_already_applied": result.units_already_applied,
-                "transactions": result.transactions,
-                "failed": len(result.failed),
-                "dead_lettered": len(result.dead_lettered),
-            }
-        )
+        "aggregated",
+        extra={
+            "job": "aggregate",
+            "messages": len(deliveries),
+            "events_applied": result.events_applied,
+            "chunks_applied": result.units_applied,
+            "chunks_already_applied": result.units_already_applied,
+            "transactions": result.transactions,
+            "failed": len(result.failed),
+            "dead_lettered": len(result.dead_lettered),
+        },
     )
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in result.failed]}
 
@@ -61,15 +62,19 @@ def aggregate_usage(event: SQSEvent) -> dict[str, Any]:
 def sweep_pending(event: Any) -> dict[str, Any]:
     """Re-enqueue batches that have been pending longer than the grace period."""
     container = get_container()
-    report = sweep.sweep(container.events, container.queue, container.clock()).as_dict()
-    log.info(json.dumps({"job": "sweep", **report}))
-    return report
+    report = sweep.sweep(container.events, container.queue, container.clock())
+    observability.count(observability.BATCHES_SWEPT, len(report.requeued))
+    summary = report.as_dict()
+    log.info("swept", extra={"job": "sweep", **summary})
+    return summary
 
 
 @bp.schedule(Cron(17, "*", "*", "*", "?", "*"))
 def reconcile_rollups(event: Any) -> dict[str, Any]:
     """Recompute the recent days' rollups from raw events and repair drift (hourly)."""
     container = get_container()
-    report = reconcile.reconcile(container.catalog, container.events, container.rollups, container.clock()).as_dict()
-    log.info(json.dumps({"job": "reconcile", **report}, default=str))
-    return report
+    report = reconcile.reconcile(container.catalog, container.events, container.rollups, container.clock())
+    observability.count(observability.ROLLUPS_REPAIRED, len(report.repaired))
+    summary = report.as_dict()
+    log.info("reconciled", extra={"job": "reconcile", **summary})
+    return summary
