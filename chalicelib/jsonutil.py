@@ -38,5 +38,5 @@ def _extra(value: Any) -> Any:
 
 def dumps(value: Any) -> str:
     """Serialize with Decimals as exact JSON numbers (never through float); dates as ISO text."""
-    text: str = simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=False, default=_extra)
+    text: str = simplejson.dumps(value, use_decimal=True, separators=(",", ":"), ensure_ascii=True, default=_extra)
     return text

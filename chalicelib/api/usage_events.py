@@ -51,6 +51,7 @@ def draft_from_body(data: Any, now: datetime, prefix: str = "") -> usage.UsageDr
             if body.idempotency_key is not None
             else None
         ),
+        period_date_given=body.period_date is not None,
     )
 
 

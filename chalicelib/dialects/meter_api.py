@@ -264,6 +264,7 @@ def report_usage(call: Call) -> Reply:
         source="meter-api",
         metadata=metadata,
         idempotency_key=key,
+        period_date_given=event_time is not None,
     )
     c = call.container
     (outcome,) = ingest([draft], call.organization_id, catalog, c.events, c.queue, now)

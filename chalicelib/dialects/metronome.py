@@ -1,7 +1,550 @@
-"""Placeholder: this dialect's routes are being written (see the issue on usage queries)."""
+"""The Metronome dialect (document 003): `POST /v1/usage`, batched usage per customer and billable metric.
+
+How Metronome's words map onto the core: a customer is our organization (an
+API key reads only its own, so `customer_ids` may name only the key's
+organization; any other id is a 404 that says nothing about whether it
+exists); a billable metric is a meter, `id` = the meter's UUID, `name` = its name.
+
+Windows over `[starting_on, ending_before)` (RFC 3339 date-times, read as UTC):
+
+- `day`: both bounds at midnight UTC; one row per UTC day, from day rollups
+  (by `period_date`).
+- `hour`: both bounds on the hour; one row per hour, from hour rollups (by
+  event time).
+- `none`: one row for the whole period, from day rollups when both bounds are
+  at midnight UTC, else from hour rollups when both are on the hour, else 400.
+
+Plain queries read rollups only, never raw events. One row is emitted per
+(customer, billable metric, window), value 0 where there was no usage, in a
+stable order: customer, then billable metric (the order of `billable_metrics`,
+or by meter id when it is absent), then window start. Without
+`billable_metrics`, the rows cover every active meter that one of the
+customer's service lines rates.
+
+Limits:
+
+- at most 1,000 windows per request; a `none` window may span at most 1,000
+  days (1,000 hours when it is read from hour rollups);
+- `group_by` (`{key, values?}`, the key one of the meter's `group_keys`):
+  rollups carry no metadata, so groups are computed from the raw events of
+  the service lines that have rollups of the meter in the page's windows, by
+  `period_date`. That is possible for `day` windows and for `none` windows
+  with midnight-aligned bounds only; an `hour` window (or an hour-aligned
+  `none` window) with `group_by` is a 400. Metadata values are matched as
+  text (numbers in plain decimal form, booleans as true/false). `groups` maps
+  each requested value to its quantity, or to null when no event of the window
+  carries it; without `values`, a window lists the values its events carry, at
+  most 200 (the first in sorted order). The row's `value` is still the rollup total. Grouping reads
+  at most 100,000 events per page, else a 400 asks for a shorter period;
+- 100 rows per page; `next_page` (a query parameter) is an opaque signed
+  cursor bound to the caller's organization and the (normalized) request body,
+  so a cursor of another body or organization is refused with 400.
+
+Errors are Metronome's `{"message": "...", "code": "..."}` with the HTTP status.
+"""
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
 from chalice.app import Blueprint
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from chalicelib.api.http import Call, Reply, endpoint, parse_model
+from chalicelib.domain import cursors
+from chalicelib.domain.auth import USAGE_READ
+from chalicelib.domain.models import Meter, ServiceLine, UsageEvent
+from chalicelib.errors import ErrorCode, MeteringError, validation_error
+from chalicelib.services import queries
+from chalicelib.services.ports import CatalogRepository
+from chalicelib.storage.events_repo import DynamoEventStore
 
 bp = Blueprint(__name__)
+
+PAGE_SIZE = 100
+MAX_WINDOWS = 1000
+MAX_GROUP_VALUES = 200
+MAX_GROUP_EVENTS = 100_000
+MAX_CUSTOMERS = 100
+MAX_METRICS = 100
+BODY_LIMIT = 64 * 1024
+CURSOR_KIND = "metronome.usage"
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_RFC3339 = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d{1,9}))?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})$"
+)
+
+WindowSize = Literal["hour", "day", "none", "HOUR", "DAY", "NONE", "Hour", "Day", "None"]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class MetronomeErrorPublic(BaseModel):
+    """An error as Metronome gives it."""
+
+    message: str
+    code: str
+
+
+class MetronomeDialect:
+    """Errors as Metronome gives them: {"message": "...", "code": "..."}."""
+
+    content_type = "application/json"
+    error_model: type[BaseModel] = MetronomeErrorPublic
+
+    def error_body(self, error: MeteringError, request_id: str) -> Any:
+        return {"message": error.message, "code": error.code}
+
+
+METRONOME = MetronomeDialect()
+
+
+class GroupByQuery(BaseModel):
+    """`billable_metrics[].group_by`: a metadata key of the meter, optionally narrowed to some values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Text
+    values: list[Text] | None = Field(default=None, min_length=1, max_length=MAX_GROUP_VALUES)
+
+
+class BillableMetricQuery(BaseModel):
+    """`billable_metrics[]`: a billable metric (meter UUID) and an optional group_by."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Text
+    group_by: GroupByQuery | None = None
+
+
+class UsageBody(BaseModel):
+    """The body of `POST /v1/usage`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {"window_size": "day", "starting_on": "2026-04-01T00:00:00Z", "ending_before": "2026-04-03T00:00:00Z"}
+            ]
+        },
+    )
+
+    window_size: WindowSize
+    starting_on: Annotated[str, StringConstraints(max_length=64)] = Field(
+        description="RFC 3339 date-time: midnight UTC for day windows, on the hour for hour windows.",
+        json_schema_extra={"format": "date-time"},
+    )
+    ending_before: Annotated[str, StringConstraints(max_length=64)] = Field(
+        description="RFC 3339 date-time after starting_on, aligned like it.",
+        json_schema_extra={"format": "date-time"},
+    )
+    customer_ids: list[Text] | None = Field(default=None, min_length=1, max_length=MAX_CUSTOMERS)
+    billable_metrics: list[BillableMetricQuery] | None = Field(default=None, min_length=1, max_length=MAX_METRICS)
+
+
+class NextPageQuery(BaseModel):
+    """The query string of `POST /v1/usage`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    next_page: str | None = Field(
+        default=None, description="Cursor that indicates where the next page of results should start."
+    )
+
+
+class UsageRowPublic(BaseModel):
+    """One row: a customer's usage of a billable metric in one window."""
+
+    customer_id: str
+    billable_metric_id: str
+    billable_metric_name: str
+    start_timestamp: datetime
+    end_timestamp: datetime
+    value: Decimal = Field(description="Exact decimal quantity; 0 for a window without usage.")
+    groups: dict[str, Decimal | None] | None = Field(
+        default=None, description="Present with group_by: quantity per group value (null: no event carries it)."
+    )
+
+
+class UsagePagePublic(BaseModel):
+    """A page of rows; `next_page` is null on the last page."""
+
+    data: list[UsageRowPublic]
+    next_page: str | None
+
+
+# -- windows -------------------------------------------------------------------
+
+
+def parse_instant(value: str, field: str) -> datetime:
+    """An RFC 3339 date-time with a zone (Z or +hh:mm), as UTC."""
+    match = _RFC3339.match(value.strip())
+    if match is None:
+        raise validation_error(field, "must be an RFC 3339 date-time with a time zone, e.g. 2026-04-01T00:00:00Z")
+    offset = match["offset"].upper().replace("Z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(f"{match['date']}T{match['time']}{offset}")
+    except ValueError:
+        raise validation_error(field, "is not a real date and time") from None
+    micros = int((match["fraction"] or "0").ljust(6, "0")[:6])
+    try:
+        return parsed.replace(microsecond=micros).astimezone(UTC)
+    except OverflowError:
+        raise validation_error(field, "is out of range") from None
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _on_hour(moment: datetime) -> bool:
+    return moment.minute == 0 and moment.second == 0 and moment.microsecond == 0
+
+
+def _at_midnight(moment: datetime) -> bool:
+    return _on_hour(moment) and moment.hour == 0
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The windows of a query: `count` windows of `step` from `start`, the last ending at `end`."""
+
+    size: Literal["hour", "day", "none"]
+    grain: Literal["hour", "day"]
+    start: datetime
+    end: datetime
+    step: timedelta
+
+    @property
+    def count(self) -> int:
+        return (self.end - self.start) // self.step
+
+    def bounds(self, index: int) -> tuple[datetime, datetime]:
+        lo = self.start + self.step * index
+        return lo, min(lo + self.step, self.end)
+
+    def index_of(self, moment: datetime) -> int:
+        return (moment - self.start) // self.step
+
+
+def make_windows(size: str, start: datetime, end: datetime) -> Windows:
+    """Validate the bounds for the window size; 400 for a misaligned, empty or too long period."""
+    size = size.lower()
+    if end <= start:
+        raise validation_error("ending_before", "must be after starting_on")
+    grain: Literal["hour", "day"]
+    if size == "day":
+        for name, moment in (("starting_on", start), ("ending_before", end)):
+            if not _at_midnight(moment):
+                raise validation_error(
+                    name, "must be at midnight UTC for day windows (for example 2026-04-01T00:00:00Z)"
+                )
+        grain = "day"
+    elif size == "hour":
+        for name, moment in (("starting_on", start), ("ending_before", end)):
+            if not _on_hour(moment):
+                raise validation_error(name, "must be on the hour (UTC) for hour windows, e.g. 2026-04-01T13:00:00Z")
+        grain = "hour"
+    elif _at_midnight(start) and _at_midnight(end):
+        grain = "day"
+    elif _on_hour(start) and _on_hour(end):
+        grain = "hour"
+    else:
+        raise validation_error(
+            "starting_on",
+            "a none window needs both bounds at midnight UTC (read from day rollups) "
+            "or both on the hour (read from hour rollups)",
+        )
+    unit = DAY if grain == "day" else HOUR
+    units = (end - start) // unit
+    if units > MAX_WINDOWS:
+        if size == "none":
+            message = f"a none window may span at most {MAX_WINDOWS:,} {grain}s; this one spans {units:,}"
+        else:
+            message = f"the period holds {units:,} {size} windows; at most {MAX_WINDOWS:,} are allowed per request"
+        raise validation_error("ending_before", message)
+    window_size: Literal["hour", "day", "none"] = "none" if size == "none" else grain
+    return Windows(window_size, grain, start, end, end - start if size == "none" else unit)
+
+
+# -- what is asked ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """One billable metric of the query: its meter and, with group_by, the key and values to group by."""
+
+    meter: Meter
+    group_key: str | None = None
+    group_values: tuple[str, ...] | None = None
+
+
+def resolve_customers(customer_ids: list[str] | None, organization_id: str) -> list[str]:
+    """The customers to report: only the key's own organization; any other id is 404 (nothing leaked)."""
+    if customer_ids is None:
+        return [organization_id]
+    for index, customer_id in enumerate(customer_ids):
+        if customer_id != organization_id:
+            raise MeteringError(
+                ErrorCode.CUSTOMER_NOT_FOUND,
+                f"customer_ids[{index}]: no customer '{customer_id}' is readable with this API key.",
+                field=f"customer_ids[{index}]",
+            )
+    return [organization_id]
+
+
+def resolve_metrics(
+    catalog: CatalogRepository,
+    asked: list[BillableMetricQuery] | None,
+    lines: list[ServiceLine],
+    windows: Windows,
+) -> list[MetricQuery]:
+    """The billable metrics to report, in order; 404 for an unknown id, 400 for a bad group_by."""
+    if asked is None:
+        rated = {meter for line in lines for meter in line.rates}
+        return [MetricQuery(m) for m in sorted(catalog.list_meters(), key=lambda m: m.id) if m.active and m.id in rated]
+    metrics: list[MetricQuery] = []
+    seen: set[str] = set()
+    for index, item in enumerate(asked):
+        field = f"billable_metrics[{index}]"
+        meter = catalog.get_meter_by_uuid(item.id.lower()) if _UUID.match(item.id) else None
+        if meter is None:
+            raise MeteringError(
+                ErrorCode.METER_NOT_FOUND,
+                f"{field}.id: no billable metric has the id '{item.id}' (use the meter's uuid from GET /v1/meters).",
+                field=f"{field}.id",
+            )
+        if meter.uuid in seen:
+            raise validation_error(f"{field}.id", f"billable metric '{item.id}' is listed more than once")
+        seen.add(meter.uuid)
+        if item.group_by is None:
+            metrics.append(MetricQuery(meter))
+            continue
+        key = item.group_by.key
+        if key not in meter.group_keys:
+            valid = ", ".join(meter.group_keys) if meter.group_keys else "none"
+            raise validation_error(
+                f"{field}.group_by.key",
+                f"'{key}' is not a group key of billable metric '{meter.name}' (its group keys: {valid})",
+            )
+        if windows.grain != "day":
+            raise validation_error(
+                f"{field}.group_by",
+                "group_by is supported for day windows and for none windows with midnight-aligned bounds only "
+                "(hourly usage is kept without metadata)",
+            )
+        values = tuple(dict.fromkeys(item.group_by.values)) if item.group_by.values is not None else None
+        metrics.append(MetricQuery(meter, key, values))
+    return metrics
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One row to emit: (customer, metric, window) by index."""
+
+    customer: int
+    metric: int
+    window: int
+
+
+@dataclass
+class RangeTotals:
+    """Rollup totals of one customer over a run of windows: per (meter, window), and the lines per meter."""
+
+    totals: dict[tuple[str, int], Decimal]
+    lines_by_meter: dict[str, set[str]]
+
+
+def _bucket(grain: str, text: str) -> datetime:
+    if grain == "day":
+        return datetime.combine(date.fromisoformat(text), time(), UTC)
+    return datetime.strptime(text, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+
+
+def read_totals(call: Call, windows: Windows, line_ids: list[str], first: int, last: int) -> RangeTotals:
+    """Totals per (meter, window) for windows first..last (inclusive), from day or hour rollups."""
+    lo, _ = windows.bounds(first)
+    _, hi = windows.bounds(last)
+    rollups = call.container.rollups
+    if windows.grain == "day":
+        raw = queries.daily_totals(rollups, line_ids, lo.date(), (hi - DAY).date())
+    else:
+        raw = queries.hourly_totals(rollups, line_ids, lo.strftime("%Y-%m-%dT%H"), hi.strftime("%Y-%m-%dT%H"))
+    totals: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
+    lines_by_meter: dict[str, set[str]] = defaultdict(set)
+    for (line_id, meter, bucket), quantity in raw.items():
+        moment = _bucket(windows.grain, bucket)
+        if not lo <= moment < hi:
+            continue
+        totals[(meter, windows.index_of(moment))] += quantity
+        lines_by_meter[meter].add(line_id)
+    return RangeTotals(totals, lines_by_meter)
+
+
+def group_text(value: Any) -> str:
+    """A metadata value as the text group_by values are matched against."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def _line_events(events: DynamoEventStore, line_id: str, meter: str, start: date, end: date) -> Iterator[UsageEvent]:
+    """A line's events of one meter with start <= period_date <= end (the by_line index, filtered by meter)."""
+    position: dict[str, Any] | None = None
+    while True:
+        rows, position = events.query_line(line_id, start, end, position, limit=500, meter=meter)
+        yield from (event for event, _ in rows)
+        if not position:
+            return
+
+
+def read_groups(
+    call: Call, windows: Windows, metric: MetricQuery, line_ids: set[str], first: int, last: int
+) -> dict[int, dict[str, Decimal]]:
+    """Quantity per window and group value, from the raw events of the lines (by period_date)."""
+    assert metric.group_key is not None
+    lo, _ = windows.bounds(first)
+    _, hi = windows.bounds(last)
+    wanted = set(metric.group_values) if metric.group_values is not None else None
+    groups: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    read = 0
+    for line_id in sorted(line_ids):
+        for event in _line_events(call.container.events, line_id, metric.meter.id, lo.date(), (hi - DAY).date()):
+            read += 1
+            if read > MAX_GROUP_EVENTS:
+                raise MeteringError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"group_by would read more than {MAX_GROUP_EVENTS:,} events for one page; "
+                    "ask for a shorter period or specific group values.",
+                )
+            if event.meter != metric.meter.id or metric.group_key not in event.metadata:
+                continue
+            text = group_text(event.metadata[metric.group_key])
+            if wanted is not None and text not in wanted:
+                continue
+            moment = datetime.combine(event.period_date, time(), UTC)
+            if lo <= moment < hi:
+                groups[windows.index_of(moment)][text] += event.quantity
+    return groups
+
+
+def render_groups(metric: MetricQuery, found: Mapping[str, Decimal]) -> dict[str, Decimal | None]:
+    if metric.group_values is not None:
+        return {value: found.get(value) for value in metric.group_values}
+    return {value: found[value] for value in sorted(found)[:MAX_GROUP_VALUES]}
+
+
+# -- the route -------------------------------------------------------------------
+
+
+def canonical(body: UsageBody, windows: Windows, customers: list[str]) -> dict[str, Any]:
+    """The query a cursor is bound to: the body with its case and time formats normalized."""
+    return {
+        "window_size": windows.size,
+        "starting_on": rfc3339(windows.start),
+        "ending_before": rfc3339(windows.end),
+        "customer_ids": customers if body.customer_ids is not None else None,
+        "billable_metrics": (
+            [m.model_dump(mode="json") for m in body.billable_metrics] if body.billable_metrics is not None else None
+        ),
+    }
+
+
+def _page_offset(call: Call, bound: str, total: int) -> int:
+    unknown = set(call.query) - {"next_page"}
+    if unknown:
+        raise MeteringError(ErrorCode.VALIDATION_ERROR, f"Unknown query parameter '{sorted(unknown)[0]}'.")
+    token = call.query.get("next_page") or ""
+    if not token:
+        return 0
+    position = cursors.decode(token, bound, call.container.settings.cursor_secret, field="next_page")
+    offset = position.get("o")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 1:
+        raise MeteringError(ErrorCode.INVALID_CURSOR, field="next_page")
+    return min(offset, total)
+
+
+@endpoint(
+    bp,
+    "/v1/usage",
+    methods=("POST",),
+    scope=USAGE_READ,
+    dialect=METRONOME,
+    max_body_bytes=BODY_LIMIT,
+    query=NextPageQuery,
+    body=UsageBody,
+    responses={200: UsagePagePublic},
+)
+def batch_usage(call: Call) -> Reply:
+    """Usage per customer, billable metric and window (Metronome's batched usage), 100 rows a page."""
+    body = parse_model(UsageBody, call.json())
+    start = parse_instant(body.starting_on, "starting_on")
+    end = parse_instant(body.ending_before, "ending_before")
+    windows = make_windows(body.window_size, start, end)
+    customers = resolve_customers(body.customer_ids, call.organization_id)
+    catalog = call.container.catalog
+    lines = {customer: catalog.list_service_lines(customer) for customer in customers}
+    all_lines = [line for customer in customers for line in lines[customer]]
+    metrics = resolve_metrics(catalog, body.billable_metrics, all_lines, windows)
+
+    per_customer = len(metrics) * windows.count
+    total = len(customers) * per_customer
+    bound = cursors.binding(call.organization_id, CURSOR_KIND, canonical(body, windows, customers))
+    first = _page_offset(call, bound, total)
+    last = min(first + PAGE_SIZE, total)
+    slots = [
+        Slot(index // per_customer, (index % per_customer) // windows.count, index % windows.count)
+        for index in range(first, last)
+    ]
+
+    # The windows each (customer, metric) of this page covers; rollups are read once per distinct run.
+    runs: dict[tuple[int, int], tuple[int, int]] = {}
+    for slot in slots:
+        lo, hi = runs.get((slot.customer, slot.metric), (slot.window, slot.window))
+        runs[(slot.customer, slot.metric)] = (min(lo, slot.window), max(hi, slot.window))
+    totals: dict[tuple[int, int, int], RangeTotals] = {}
+    groups: dict[tuple[int, int], dict[int, dict[str, Decimal]]] = {}
+    for (c, m), (lo, hi) in runs.items():
+        if (c, lo, hi) not in totals:
+            line_ids = [line.id for line in lines[customers[c]]]
+            totals[(c, lo, hi)] = read_totals(call, windows, line_ids, lo, hi)
+        metric = metrics[m]
+        if metric.group_key is not None:
+            counted_lines = totals[(c, lo, hi)].lines_by_meter.get(metric.meter.id, set())
+            groups[(c, m)] = read_groups(call, windows, metric, counted_lines, lo, hi)
+
+    rows = []
+    for slot in slots:
+        metric = metrics[slot.metric]
+        window_start, window_end = windows.bounds(slot.window)
+        run = runs[(slot.customer, slot.metric)]
+        value = totals[(slot.customer, *run)].totals.get((metric.meter.id, slot.window), Decimal(0))
+        row: dict[str, Any] = {
+            "customer_id": customers[slot.customer],
+            "billable_metric_id": metric.meter.uuid,
+            "billable_metric_name": metric.meter.name,
+            "start_timestamp": rfc3339(window_start),
+            "end_timestamp": rfc3339(window_end),
+            "value": value,
+        }
+        if metric.group_key is not None:
+            row["groups"] = render_groups(metric, groups[(slot.customer, slot.metric)].get(slot.window, {}))
+        rows.append(row)
+    secret = call.container.settings.cursor_secret
+    next_page = cursors.encode({"o": last}, bound, secret) if last < total else None
+    return Reply({"data": rows, "next_page": next_page})

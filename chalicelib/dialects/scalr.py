@@ -21,7 +21,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from chalice.app import Blueprint
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.api.http import Call, Reply, endpoint
 from chalicelib.domain.auth import ACCOUNTS_BILLING
@@ -462,7 +462,25 @@ def _repeated_parameters() -> frozenset[str]:
     return frozenset(name for name in params if len(params.getlist(name)) > 1)
 
 
-@endpoint(bp, PATH, scope=ACCOUNTS_BILLING, dialect=SCALR)
+class UsageStatisticsParams(BaseModel):
+    """The query parameters of `GET /usage-statistics`, as the OpenAPI document shows them."""
+
+    filter_date: str = Field(alias="filter[date]", description="between:<RFC 3339>,<RFC 3339> (end exclusive)")
+    filter_account: str = Field(alias="filter[account]", description="The account (organization) id.")
+    breakdown_by: Literal["environment", "workspace"] | None = None
+    total: str | None = Field(default=None, description="true to summarize the whole period.")
+    page_number: int | None = Field(default=None, alias="page[number]", ge=1)
+    page_size: int | None = Field(default=None, alias="page[size]", ge=1, le=100)
+
+
+@endpoint(
+    bp,
+    PATH,
+    scope=ACCOUNTS_BILLING,
+    dialect=SCALR,
+    query=UsageStatisticsParams,
+    headers={"Prefer": "profile=preview (required)"},
+)
 def list_usage_statistics(call: Call) -> Reply:
     """Billing usage statistics (runs and run seconds) of the caller's account, per date or in total."""
     check_profile(call.header("prefer"))

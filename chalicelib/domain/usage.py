@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import simplejson
+
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
 
 # Limits a caller meets (documented in the README).
@@ -48,13 +50,20 @@ def check_quantity(value: Any, field: str = "quantity") -> Decimal:
         raise validation_error(field, f"must be at most {MAX_QUANTITY:f}")
     if decimal_places(quantity) > MAX_DECIMAL_PLACES:
         raise validation_error(field, f"must have at most {MAX_DECIMAL_PLACES} decimal places")
-    return quantity
+    return storable(quantity)
+
+
+def storable(number: Decimal) -> Decimal:
+    """The same value spelled so DynamoDB can store it: 0e200 -> 0, 1.000...(40 zeros) -> 1, -0.0 -> 0."""
+    if number.is_zero():
+        return Decimal(0)
+    return number.quantize(Decimal(1).scaleb(-decimal_places(number)))
 
 
 def decimal_places(number: Decimal) -> int:
     """Decimal places that matter (trailing zeros do not), without rounding to the context."""
     _sign, digits, exponent = number.as_tuple()
-    if not isinstance(exponent, int):
+    if not isinstance(exponent, int) or not any(digits):
         return 0
     trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
     return max(0, -(exponent + min(trailing, max(0, -exponent))))
@@ -101,13 +110,13 @@ def check_idempotency_key(value: Any, field: str = "idempotency_key") -> str:
         raise validation_error(field, "must be a non-empty string")
     if len(value) > MAX_IDEMPOTENCY_KEY:
         raise validation_error(field, f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
-    if not _PRINTABLE.match(value):
+    if not _PRINTABLE.fullmatch(value):
         raise validation_error(field, "must be printable ASCII without spaces")
     return value
 
 
 def check_source(value: Any, field: str = "source") -> str:
-    if not isinstance(value, str) or not _SOURCE.match(value):
+    if not isinstance(value, str) or not _SOURCE.fullmatch(value):
         raise validation_error(field, "must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
     return value
 
@@ -122,7 +131,7 @@ def check_metadata(value: Any, field: str = "metadata") -> dict[str, MetadataVal
         raise validation_error(field, f"must have at most {MAX_METADATA_KEYS} keys")
     clean: dict[str, MetadataValue] = {}
     for key, item in value.items():
-        if not _METADATA_KEY.match(key):
+        if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
             raise validation_error(f"{field}.{key}"[:80], "keys must be 1-64 characters of A-Z, a-z, 0-9, _ . : -")
         if isinstance(item, bool):
             clean[key] = item
@@ -130,22 +139,36 @@ def check_metadata(value: Any, field: str = "metadata") -> dict[str, MetadataVal
             number = Decimal(item)
             if not number.is_finite() or abs(number) >= Decimal(10) ** 18 or decimal_places(number) > 9:
                 raise validation_error(f"{field}.{key}", "numbers must be below 10^18 with at most 9 decimal places")
-            clean[key] = item
+            clean[key] = item if isinstance(item, int) else storable(number)
         elif isinstance(item, str):
+            if not _encodable(item):
+                raise validation_error(f"{field}.{key}", "strings must be valid Unicode (no lone surrogates)")
             if len(item) > MAX_METADATA_STRING:
                 raise validation_error(f"{field}.{key}", f"strings must be at most {MAX_METADATA_STRING} characters")
             clean[key] = item
         else:
             raise validation_error(f"{field}.{key}", "values must be strings, numbers or booleans")
-    if len(canonical_json(clean).encode("utf-8")) > MAX_METADATA_BYTES:
+    if len(simplejson.dumps(clean, use_decimal=True, separators=(",", ":"), ensure_ascii=False).encode()) > (
+        MAX_METADATA_BYTES
+    ):
         raise validation_error(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
     return clean
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def canonical_number(value: Decimal | int) -> str:
-    """One spelling per value: 8, 8.0 and 8.00 are the same number."""
-    number = Decimal(value).normalize()
-    return format(number, "f")
+    """One spelling per value: 8, 8.0 and 8.00 are the same number, and so are 0 and -0.0."""
+    number = Decimal(value)
+    if number.is_zero():
+        return "0"
+    return format(number.normalize(), "f")
 
 
 def _canonical(value: Any) -> Any:
@@ -174,14 +197,18 @@ class UsageDraft:
     source: str
     metadata: Mapping[str, MetadataValue]
     idempotency_key: str | None
+    period_date_given: bool = True
 
     def payload_hash(self) -> str:
-        """The fingerprint a replay must match: everything the caller chose, nothing the server did."""
+        """The fingerprint a replay must match: everything the caller chose, nothing the server did.
+
+        A period_date the server filled in (today) is left out, so a retry across UTC midnight is a replay.
+        """
         payload = {
             "service_line_id": self.service_line_id,
             "meter": self.meter,
             "quantity": self.quantity,
-            "period_date": self.period_date.isoformat(),
+            "period_date": self.period_date.isoformat() if self.period_date_given else None,
             "event_time": self.event_time.isoformat() if self.event_time else None,
             "source": self.source,
             "metadata": dict(self.metadata),

@@ -187,6 +187,9 @@ def ingest(
                 outcomes[index] = IngestOutcome(
                     "rejected", error=MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Storing the event failed; retry.")
                 )
+            except Exception:  # one event that cannot be stored must not sink the batch
+                log.exception("storing an event failed unexpectedly")
+                outcomes[index] = IngestOutcome("rejected", error=MeteringError(ErrorCode.INTERNAL_ERROR))
         _enqueue(events, queue, batch, organization_id, now, [o for o in outcomes if o and o.status == "accepted"])
     for index, leader in followers.items():
         lead = outcomes[leader]
