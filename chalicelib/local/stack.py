@@ -21,7 +21,7 @@ from typing import Any
 
 from chalice.app import Chalice, ScheduledEventConfig, SQSEventConfig
 from chalice.config import Config
-from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPServer
+from chalice.local import ChaliceRequestHandler, LocalChalice, LocalDevServer, ThreadedHTTPServer
 
 from chalicelib.container import Container, set_container
 from chalicelib.local.emulator import Emulator
@@ -92,7 +92,7 @@ class LocalStack:
         catalog_admin.load_platform_catalog(container.catalog)
         if demo:
             self.keys = {env: issued.secret for env, issued in catalog_admin.load_demo_data(container.catalog).items()}
-        app = load_app()
+        app = thread_local_requests(load_app())
         config = chalice_config(app)
         self.server = LocalDevServer(
             app, config, self.host, self.port, handler_cls=RequestHandler, server_cls=NoDelayHTTPServer
@@ -136,6 +136,18 @@ def load_app() -> Chalice:
         sys.path.insert(0, str(PROJECT_DIR))
     module = importlib.import_module("app")
     app: Chalice = module.app
+    return app
+
+
+def thread_local_requests(app: Chalice) -> Chalice:
+    """Make `app.current_request` per thread, as `chalice local` does (its server is threaded).
+
+    Without it, concurrent requests share one `current_request` and a route can read another
+    request's body.
+    """
+    if not isinstance(app, LocalChalice):
+        local_class = type("ThreadLocalChalice", (LocalChalice, app.__class__), {})
+        app.__class__ = local_class
     return app
 
 
