@@ -341,6 +341,7 @@ class SummaryLine(BaseModel):
     product_line: str
     meters: list[SummaryMeter]
     cost_estimate: Decimal
+    currency: str
 
 
 class SummaryPeriod(BaseModel):

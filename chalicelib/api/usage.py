@@ -11,6 +11,7 @@ from chalicelib.api.schemas import ScopeQuery, UsageEventPublic, UsageListPublic
 from chalicelib.domain import cursors
 from chalicelib.domain.auth import USAGE_READ
 from chalicelib.domain.models import ServiceLine
+from chalicelib.errors import validation_error
 from chalicelib.services import queries
 
 bp = Blueprint(__name__)
@@ -55,10 +56,10 @@ def usage_summary(call: Call) -> Reply:
     """Usage per service line and meter over a period, with cost estimates, from rollups only."""
     query = call.query_as(ScopeQuery)
     today = call.container.clock().date()
-    start = query.from_ or today.replace(day=1)
     end = query.to or today
-    if start > end:
-        start = end.replace(day=1)
+    if query.from_ is not None and query.from_ > end:
+        raise validation_error("from", "must not be after 'to' (which defaults to today)")
+    start = query.from_ or end.replace(day=1)
     lines = _lines(call, query)
     summary = queries.summarize(call.container.catalog, call.container.rollups, lines, start, end)
     return Reply(

@@ -119,13 +119,27 @@ def hourly_totals(
     return totals
 
 
+def _summary_currency(catalog: CatalogRepository, lines: list[ServiceLine]) -> str:
+    """The currency of the total: the organization's plan's, else its lines' (USD when it has none)."""
+    if lines:
+        org = catalog.get_organization(lines[0].organization_id)
+        plan = catalog.get_plan(org.plan_id) if org else None
+        if plan is not None:
+            return plan.currency
+        return lines[0].currency
+    return "USD"
+
+
 def summarize(
     catalog: CatalogRepository, rollups: DynamoRollupStore, lines: list[ServiceLine], start: date, end: date
 ) -> dict[str, Any]:
-    """Usage and cost per service line from day rollups; cost = rate x quantity, rounded at the edge."""
+    """Usage and cost per service line from day rollups; cost = rate x quantity, rounded at the edge.
+
+    The total adds only lines billed in the summary's currency; each line states its own.
+    """
     units = {m.id: m.unit for m in catalog.list_meters()}
     totals = daily_totals(rollups, (line.id for line in lines), start, end)
-    currency = lines[0].currency if lines else "USD"
+    currency = _summary_currency(catalog, lines)
     by_line = []
     total_cost = Decimal(0)
     for line in lines:
@@ -134,7 +148,8 @@ def summarize(
             if line_id == line.id:
                 quantities[meter] += quantity
         cost = sum((line.rates.get(m, Decimal(0)) * q for m, q in quantities.items()), Decimal(0))
-        total_cost += cost
+        if line.currency == currency:  # amounts in another currency are never added in
+            total_cost += cost
         by_line.append(
             {
                 "service_line_id": line.id,
@@ -145,6 +160,7 @@ def summarize(
                     for meter in sorted(quantities)
                 ],
                 "cost_estimate": round_money(cost, line.currency),
+                "currency": line.currency,
             }
         )
     return {

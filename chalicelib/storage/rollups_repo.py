@@ -204,7 +204,9 @@ class DynamoRollupStore:
             sets.update(hour=rk.hour, gsi1pk=f"{rk.service_line_id}#{rk.period_date}", gsi1sk=f"{rk.meter}#{rk.hour}")
         names = {f"#s{i}": name for i, name in enumerate(sets)}
         values = {f":s{i}": to_value(value) for i, value in enumerate(sets.values())}
-        values.update({":q": {"N": str(delta.quantity)}, ":n": {"N": str(delta.event_count)}, ":one": {"N": "1"}})
+        # Plain notation: "1E-7" is a valid DynamoDB number, but the emulator's ADD cannot parse it.
+        quantity = format(delta.quantity, "f")
+        values.update({":q": {"N": quantity}, ":n": {"N": str(delta.event_count)}, ":one": {"N": "1"}})
         assignments = ", ".join(f"#s{i} = :s{i}" for i in range(len(sets)))
         if replace:
             expression = f"ADD version :one SET quantity = :q, event_count = :n, {assignments}"
