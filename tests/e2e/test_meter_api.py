@@ -6,9 +6,7 @@ reported usage lands in the same event store the native API reads.
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,10 +18,9 @@ import simplejson
 from chalicelib.container import Container
 from chalicelib.domain.auth import ALL_SCOPES, METER_REPORT, USAGE_READ
 from chalicelib.domain.models import ServiceLine
-from chalicelib.local.runtime import sqs_event
 from chalicelib.services import catalog_admin
-from chalicelib.storage import clients
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
+from tests.support import Clock, body, run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -40,24 +37,11 @@ REPORT = "/v1/meter-usage"
 # -- helpers -----------------------------------------------------------------------
 
 
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock(container: Container) -> Clock:
     fixed = Clock(T0)
     container.clock = fixed
     return fixed
-
-
-def body(response: Any) -> Any:
-    """A response body with every non-integral number as an exact Decimal."""
-    return json.loads(response.body, parse_float=Decimal)
 
 
 def get(client: Any, path: str, params: dict[str, Any] | None = None, key: str = FULL_KEY) -> Any:
@@ -116,23 +100,6 @@ def listed(client: Any, params: dict[str, Any] | None = None, key: str = FULL_KE
         if not page["meta"]["has_more"]:
             return found
         query["cursor"] = page["meta"]["cursor"]
-
-
-def run_aggregator(client: Any, container: Container) -> int:
-    """Drain the usage queue through the real `aggregate_usage` Lambda handler; returns messages handled."""
-    sqs = clients.sqs()
-    url = container.queue.url
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    handled = 0
-    while True:
-        messages = sqs.receive_message(QueueUrl=url, AttributeNames=["All"], MaxNumberOfMessages=10).get("Messages", [])
-        if not messages:
-            return handled
-        result = client.lambda_.invoke("aggregate_usage", sqs_event(messages, arn, "us-east-1"))
-        assert result.payload == {"batchItemFailures": []}
-        for message in messages:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        handled += len(messages)
 
 
 def summary_quantities(client: Any, line_id: str, params: dict[str, str] | None = None) -> dict[str, Decimal]:

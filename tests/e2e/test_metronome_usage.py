@@ -12,10 +12,9 @@ import pytest
 from chalicelib import jsonutil
 from chalicelib.container import Container
 from chalicelib.domain.auth import METERING_WRITE
-from chalicelib.local.runtime import sqs_event
 from chalicelib.services import catalog_admin
-from chalicelib.storage import clients
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
+from tests.support import run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -54,23 +53,6 @@ def parsed(response: Any) -> Any:
     return jsonutil.loads(response.body)
 
 
-def drain(client: Any, container: Container) -> int:
-    """Deliver every queued message to the aggregator Lambda; the number of messages delivered."""
-    sqs = clients.sqs()
-    url = container.queue.url
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    delivered = 0
-    while True:
-        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages", [])
-        if not messages:
-            return delivered
-        result = client.lambda_.invoke("aggregate_usage", sqs_event(messages, arn, "us-east-1"))
-        assert result.payload == {"batchItemFailures": []}
-        for message in messages:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        delivered += len(messages)
-
-
 @pytest.fixture
 def usage(client: Any, container: Container) -> Any:
     """The events above ingested over HTTP at their event times, and rolled up."""
@@ -85,7 +67,7 @@ def usage(client: Any, container: Container) -> Any:
         response = client.http.post("/v1/metering/events", headers=auth(key), body=jsonutil.dumps(event))
         assert response.status_code == 201, response.body
     container.clock = lambda: at("2026-04-15T12:00:00Z")
-    assert drain(client, container) == len(EVENTS)
+    assert run_aggregator(client, container) == len(EVENTS)
     return client
 
 

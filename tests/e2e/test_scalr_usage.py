@@ -20,10 +20,9 @@ from chalicelib.container import Container
 from chalicelib.dialects.scalr import JsonApiErrorDocument
 from chalicelib.domain.auth import ACCOUNTS_BILLING, CATALOG_READ, METERING_WRITE, USAGE_READ
 from chalicelib.domain.models import Organization, ServiceLine, Workspace
-from chalicelib.local import runtime
 from chalicelib.services import catalog_admin
-from chalicelib.storage import clients
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY
+from tests.support import run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -118,25 +117,6 @@ def ingest(client: Any, line: str, meter: str, quantity: str, period_date: str, 
     assert response.status_code == 201, response.body
 
 
-def drain(client: Any, container: Container) -> int:
-    """Hand every queued message to the real aggregator, as Lambda's SQS trigger would."""
-    sqs = clients.sqs()
-    url = container.queue.url
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    messages: list[Any] = []
-    while True:
-        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])
-        if not received.get("Messages"):
-            break
-        messages.extend(received["Messages"])
-    if messages:
-        result = client.lambda_.invoke("aggregate_usage", runtime.sqs_event(messages, arn, "us-east-1"))
-        assert result.payload == {"batchItemFailures": []}
-        for message in messages:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-    return len(messages)
-
-
 @pytest.fixture
 def usage(client: Any, container: Container) -> Any:
     """Two more agent lines (one in a second workspace), the EVENTS ingested and rolled up."""
@@ -160,7 +140,7 @@ def usage(client: Any, container: Container) -> Any:
     for event in EVENTS:
         ingest(client, *event)
     ingest(client, "LIN-26-100201", "talent.hours", "5", "2026-05-11", key=OTHER_ORG_KEY)
-    assert drain(client, container) == len(EVENTS) + 1
+    assert run_aggregator(client, container) == len(EVENTS) + 1
     return client
 
 
@@ -236,7 +216,7 @@ def test_only_rolled_up_usage_counts(usage: Any, container: Container) -> None:
     ingest(usage, "LIN-26-091100", "agent.runs", "100", "2026-05-12")
     day = "between:2026-05-12T00:00:00Z,2026-05-13T00:00:00Z"
     assert rows(stats(usage, filter_date=day, filter_account=ORG)) == [("2026-05-12", None, None, 4, Decimal("0.3"))]
-    assert drain(usage, container) == 1
+    assert run_aggregator(usage, container) == 1
     assert rows(stats(usage, filter_date=day, filter_account=ORG)) == [("2026-05-12", None, None, 104, Decimal("0.3"))]
 
 
@@ -609,7 +589,7 @@ def test_each_organization_reads_only_its_own_agent_usage(usage: Any, container:
         )
     )
     ingest(usage, "LIN-26-100299", "agent.runs", "11", "2026-05-12", key=OTHER_ORG_KEY)
-    assert drain(usage, container) == 1
+    assert run_aggregator(usage, container) == 1
     other = stats(usage, key=OTHER_ORG_KEY, filter_date=MAY, filter_account=OTHER_ORG, breakdown_by="environment")
     assert rows(other) == [("2026-05-12", "WS-26-000201", "Studio", 11, 0)]
     assert rows(stats(usage, key=OTHER_ORG_KEY, filter_date=MAY, filter_account=OTHER_ORG, total="true")) == [

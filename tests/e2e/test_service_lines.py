@@ -8,7 +8,6 @@ import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,6 +23,7 @@ from chalicelib.services import catalog_admin, service_lines
 from chalicelib.services.rate_limit import ApiCallLimiter
 from chalicelib.storage import clients
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
+from tests.support import Clock, body
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -42,24 +42,11 @@ LINE_ID = re.compile(r"^LIN-\d{2}-\d{6}$")
 # -- helpers -----------------------------------------------------------------------
 
 
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock(container: Container) -> Clock:
     fixed = Clock(T0)
     container.clock = fixed
     return fixed
-
-
-def body(response: Any) -> Any:
-    """A response body with every non-integral number as an exact Decimal."""
-    return json.loads(response.body, parse_float=Decimal)
 
 
 def error_of(response: Any, status: int, code: str) -> dict[str, Any]:

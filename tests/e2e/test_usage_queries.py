@@ -21,10 +21,9 @@ import simplejson
 from chalicelib.container import Container
 from chalicelib.domain.auth import CATALOG_READ, METERING_WRITE
 from chalicelib.domain.models import ServiceLine, Workspace
-from chalicelib.local.runtime import sqs_event
 from chalicelib.services import catalog_admin
-from chalicelib.storage import clients
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
+from tests.support import Clock, body, run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -41,24 +40,11 @@ T0 = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 # -- helpers -----------------------------------------------------------------------
 
 
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock(container: Container) -> Clock:
     fixed = Clock(T0)
     container.clock = fixed
     return fixed
-
-
-def body(response: Any) -> Any:
-    """A response body with every non-integral number as an exact Decimal."""
-    return json.loads(response.body, parse_float=Decimal)
 
 
 def error_of(response: Any) -> dict[str, Any]:
@@ -88,23 +74,6 @@ def ingest(client: Any, events: list[dict[str, Any]], key: str = FULL_KEY) -> li
             assert result["status"] == "accepted", result
             ids.append(result["data"]["id"])
     return ids
-
-
-def run_aggregator(client: Any, container: Container) -> int:
-    """Drain the usage queue through the real `aggregate_usage` Lambda handler; returns messages handled."""
-    sqs = clients.sqs()
-    url = container.queue.url
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    handled = 0
-    while True:
-        messages = sqs.receive_message(QueueUrl=url, AttributeNames=["All"], MaxNumberOfMessages=10).get("Messages", [])
-        if not messages:
-            return handled
-        result = client.lambda_.invoke("aggregate_usage", sqs_event(messages, arn, "us-east-1"))
-        assert result.payload == {"batchItemFailures": []}
-        for message in messages:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        handled += len(messages)
 
 
 def list_all(client: Any, params: dict[str, Any], key: str = FULL_KEY) -> tuple[list[dict[str, Any]], int]:
