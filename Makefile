@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 STAGE ?= dev
 PACKAGE_DIR := build/package-$(STAGE)
 
-.PHONY: install run test lint typecheck unit package cfn-lint clean
+.PHONY: install run test lint typecheck unit package cfn-lint clean bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ cfn-lint: package
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python -m tools.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
