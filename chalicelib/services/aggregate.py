@@ -119,13 +119,19 @@ def aggregate(
             else:
                 log.warning("message %s failed (delivery %d): %s", delivery.message_id, delivery.receive_count, poison)
                 result.failed.append(delivery.message_id)
-    owner = {id(u): mid for mid, units in units_of.items() for u in units}
-    report = rollups.apply([u for units in units_of.values() for u in units], now)
+    # Two messages of one batch in one invocation (a resent copy, the sweeper's next to the ingest's)
+    # plan the same chunks: apply each (batch, chunk) once, never twice in one transaction.
+    unique: dict[tuple[str, int], ApplyUnit] = {}
+    for units in units_of.values():
+        for unit in units:
+            unique.setdefault((unit.batch_id, unit.chunk_index), unit)
+    report = rollups.apply(list(unique.values()), now)
     result.transactions = report.transactions
     result.units_applied = len(report.applied)
     result.units_already_applied = len(report.already_applied)
     result.events_applied = sum(len(u.event_ids) for u in report.applied)
-    failed = {owner[id(u)] for u in report.failed}
+    failed_batches = {u.batch_id for u in report.failed}
+    failed = {mid for mid in units_of if batch_of[mid] in failed_batches}
     result.failed.extend(sorted(failed))
     # Every chunk of these batches is in the rollups now: their pending records can go.
     done = {batch_of[mid] for mid in units_of if mid not in failed}

@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.domain.ids import batch_id as new_batch_id
 from chalicelib.domain.ids import usage_event_id
-from chalicelib.domain.models import UsageEvent, instant
+from chalicelib.domain.models import ServiceLine, UsageEvent, instant
 from chalicelib.domain.pipeline import BatchMessage
 from chalicelib.domain.usage import UsageDraft, within_idempotency_window
 from chalicelib.errors import ErrorCode, MeteringError
@@ -63,9 +63,21 @@ def truncate_to_millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def resolve(catalog: CatalogRepository, organization_id: str, draft: UsageDraft) -> tuple[str, str]:
-    """The workspace and unit of a draft, or the reason it is refused."""
-    line = catalog.get_service_line(organization_id, draft.service_line_id)
+def resolve(
+    catalog: CatalogRepository,
+    organization_id: str,
+    draft: UsageDraft,
+    lines: dict[str, ServiceLine | None] | None = None,
+) -> tuple[str, str]:
+    """The workspace and unit of a draft, or the reason it is refused.
+
+    `lines` caches service lines across the drafts of one request: one read per distinct line.
+    """
+    if lines is None:
+        lines = {}
+    if draft.service_line_id not in lines:
+        lines[draft.service_line_id] = catalog.get_service_line(organization_id, draft.service_line_id)
+    line = lines[draft.service_line_id]
     if line is None:
         raise MeteringError(
             ErrorCode.SERVICE_LINE_NOT_FOUND,
@@ -116,6 +128,8 @@ def _store(events: DynamoEventStore, candidate: UsageEvent, now: datetime) -> In
         existing = outcome.existing
         if existing is None:  # moved aside between our put and our read: try again
             continue
+        if existing.id == candidate.id:  # our own write, whose first answer was lost (an SDK retry)
+            return IngestOutcome("accepted", candidate)
         if within_idempotency_window(existing.recorded_at, now):
             return _judge(existing, candidate)
         if events.replace_expired(existing, candidate, slot):
@@ -138,13 +152,14 @@ def ingest(
     outcomes: list[IngestOutcome | None] = [None] * len(items)
     candidates: dict[int, UsageEvent] = {}
     leaders: dict[str, int] = {}
+    lines: dict[str, ServiceLine | None] = {}
     followers: dict[int, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, MeteringError):
             outcomes[index] = IngestOutcome("rejected", error=item)
             continue
         try:
-            workspace_id, unit = resolve(catalog, organization_id, item)
+            workspace_id, unit = resolve(catalog, organization_id, item, lines)
         except MeteringError as error:
             outcomes[index] = IngestOutcome("rejected", error=error)
             continue
@@ -177,20 +192,22 @@ def ingest(
         pairs = tuple((slot_for(e.idempotency_key, e.id), e.id) for e in to_write.values())
         events.put_pending(PendingBatch(batch, organization_id, now, pairs))
         futures = {i: _executor().submit(_store, events, e, now) for i, e in to_write.items()}
+        uncertain = False
         for index, future in futures.items():
             try:
                 outcomes[index] = future.result()
             except MeteringError as error:
                 outcomes[index] = IngestOutcome("rejected", error=error)
-            except (ClientError, BotoCoreError):
+            except Exception as exc:  # one event that cannot be stored must not sink the batch
                 log.exception("storing an event failed")
-                outcomes[index] = IngestOutcome(
-                    "rejected", error=MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Storing the event failed; retry.")
-                )
-            except Exception:  # one event that cannot be stored must not sink the batch
-                log.exception("storing an event failed unexpectedly")
-                outcomes[index] = IngestOutcome("rejected", error=MeteringError(ErrorCode.INTERNAL_ERROR))
-        _enqueue(events, queue, batch, organization_id, now, [o for o in outcomes if o and o.status == "accepted"])
+                outcome, known = _after_failed_write(events, to_write[index], exc)
+                outcomes[index] = outcome
+                uncertain = uncertain or not known
+        accepted = [o for o in outcomes if o and o.status == "accepted"]
+        if uncertain:  # a write may have landed unseen: let the aggregator look at every slot
+            _enqueue_all(queue, batch, organization_id, now, pairs)
+        else:
+            _enqueue(events, queue, batch, organization_id, now, accepted)
     for index, leader in followers.items():
         lead = outcomes[leader]
         if lead is None or lead.event is None:
@@ -201,6 +218,37 @@ def ingest(
         o if o is not None else IngestOutcome("rejected", error=MeteringError(ErrorCode.INTERNAL_ERROR))
         for o in outcomes
     ]
+
+
+def _after_failed_write(events: DynamoEventStore, event: UsageEvent, error: Exception) -> tuple[IngestOutcome, bool]:
+    """What a write that raised did: the slot is read again, since a write can land and its answer be lost.
+
+    Returns the outcome and whether it is known; an unknown one is reported as retryable.
+    """
+    try:
+        found = events.get(event.organization_id, slot_for(event.idempotency_key, event.id))
+    except Exception:
+        found = None
+        known = False
+    else:
+        known = True
+    if found is not None and found.id == event.id:
+        return IngestOutcome("accepted", event), True
+    code = (
+        ErrorCode.SERVICE_UNAVAILABLE if isinstance(error, (ClientError, BotoCoreError)) else ErrorCode.INTERNAL_ERROR
+    )
+    return IngestOutcome("rejected", error=MeteringError(code, "Storing the event failed; retry.")), known
+
+
+def _enqueue_all(
+    queue: MessageQueue, batch: str, organization_id: str, now: datetime, pairs: tuple[tuple[str, str], ...]
+) -> None:
+    """Send every event the batch meant to store; the aggregator skips those never stored."""
+    message = BatchMessage(batch=batch, org=organization_id, created=instant(now), origin="sweep", events=list(pairs))
+    try:
+        queue.send(message.model_dump_json())
+    except Exception:
+        log.warning("enqueue of batch %s failed; left pending for the sweeper", batch, exc_info=True)
 
 
 def _enqueue(

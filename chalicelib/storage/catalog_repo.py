@@ -103,8 +103,13 @@ class DynamoCatalogRepository:
         return next((p for p in self.list_plans() if p.id == plan_id), None)
 
     def get_organization(self, organization_id: str) -> Organization | None:
-        item = self._get(f"ORG#{organization_id}", "ORG")
-        return Organization.model_validate(self._strip(item)) if item else None
+        """An organization (cached for a minute per process, like the plans it points to)."""
+
+        def load() -> Organization | None:
+            item = self._get(f"ORG#{organization_id}", "ORG")
+            return Organization.model_validate(self._strip(item)) if item else None
+
+        return self._cached(f"org:{organization_id}", load)
 
     def list_workspaces(self, organization_id: str) -> list[Workspace]:
         items = self._query(f"ORG#{organization_id}", "WS#")
@@ -157,6 +162,7 @@ class DynamoCatalogRepository:
             "subscription",
             {"organization_id": org.id, "plan_id": org.plan_id, "status": "active"},
         )
+        self.clear_cache()
 
     def put_workspace(self, ws: Workspace) -> None:
         self._put(f"ORG#{ws.organization_id}", f"WS#{ws.id}", "workspace", ws.model_dump(mode="json"))
