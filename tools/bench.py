@@ -1497,10 +1497,8 @@ shared, so rates and latencies move from run to run; counts (requests, units, it
   per event are: {dominant_text}; {fmt(batch.wru)} in all, against the target of {WRU_TARGET}.
   On the single path each event is its own batch, so its pending record (put and delete) and
   its applied marker (transactional) cost {fmt(single_overhead)} write units per event on top
-  of the event and its index entry. The batch path also
-  reads the service line once per event (`ingest.resolve` calls `get_service_line` for every
-  item): {fmt(line_reads)} read units and one `GetItem` per event, half of its DynamoDB
-  requests; resolving each distinct line once per request would remove them. Moto reports no
+  of the event and its index entry. Ingestion reads each distinct service line of a request
+  once ({fmt(line_reads)} read units per event on the batch path). Moto reports no
   consumed capacity, so these are DynamoDB's published rules applied to the items, not a bill.
 - **Summary reads** come from the day rollups: one `Query` per service line over the period,
   plus the catalog reads of the request (all reads seen: {", ".join(large.reads)}). The items
