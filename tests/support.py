@@ -11,6 +11,7 @@ from typing import Any
 from chalicelib.container import Container
 from chalicelib.local.runtime import sqs_event
 from chalicelib.storage import clients
+from chalicelib.storage.codec import from_item
 
 
 @dataclass
@@ -43,3 +44,34 @@ def run_aggregator(client: Any, container: Container) -> int:
         for message in messages:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
         handled += len(messages)
+
+
+def scan_events_table(container: Container) -> list[dict[str, Any]]:
+    """Every item of the events table, read strongly consistent."""
+    items: list[dict[str, Any]] = []
+    paginator = clients.dynamodb().get_paginator("scan")
+    for page in paginator.paginate(TableName=container.events.table_name, ConsistentRead=True):
+        items.extend(from_item(i) for i in page.get("Items", []))
+    return items
+
+
+def stored_events(container: Container) -> list[dict[str, Any]]:
+    return [i for i in scan_events_table(container) if i["pk"].startswith("EV#")]
+
+
+def pending_records(container: Container) -> list[dict[str, Any]]:
+    return [i for i in scan_events_table(container) if i["pk"].startswith("PENDING#")]
+
+
+def take_queued_messages(container: Container) -> list[dict[str, Any]]:
+    """Receive (and so hide) every waiting usage message; their parsed bodies."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        received = (
+            clients.sqs()
+            .receive_message(QueueUrl=container.queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            .get("Messages", [])
+        )
+        if not received:
+            return messages
+        messages.extend(json.loads(m["Body"]) for m in received)

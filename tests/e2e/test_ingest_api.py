@@ -12,9 +12,8 @@ import pytest
 
 from chalicelib.container import Container
 from chalicelib.domain.models import ServiceLine
-from chalicelib.storage import clients
-from chalicelib.storage.codec import from_item
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
+from tests.support import pending_records, stored_events, take_queued_messages
 
 EVENTS = "/v1/metering/events"
 BATCH = "/v1/metering/events/batch"
@@ -67,35 +66,6 @@ def raw_event(quantity: str, extra: str = "") -> str:
     return '{"service_line_id": "' + TALENT + '", "meter": "talent.hours", "quantity": ' + quantity + extra + "}"
 
 
-def scan(container: Container) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    paginator = clients.dynamodb().get_paginator("scan")
-    for page in paginator.paginate(TableName=container.events.table_name, ConsistentRead=True):
-        items.extend(from_item(i) for i in page.get("Items", []))
-    return items
-
-
-def stored_events(container: Container) -> list[dict[str, Any]]:
-    return [i for i in scan(container) if i["pk"].startswith("EV#")]
-
-
-def pending_records(container: Container) -> list[dict[str, Any]]:
-    return [i for i in scan(container) if i["pk"].startswith("PENDING#")]
-
-
-def drain_queue(container: Container) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    while True:
-        received = (
-            clients.sqs()
-            .receive_message(QueueUrl=container.queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            .get("Messages", [])
-        )
-        if not received:
-            return messages
-        messages.extend(json.loads(m["Body"]) for m in received)
-
-
 def snapshot(container: Container) -> tuple[int, int]:
     return len(stored_events(container)), len(pending_records(container))
 
@@ -116,7 +86,7 @@ def assert_refused(
     error = error_of(response)
     assert error["code"] == code
     assert snapshot(container) == before
-    assert drain_queue(container) == []
+    assert take_queued_messages(container) == []
     return error
 
 
@@ -150,7 +120,7 @@ def refusal_problems(
     after = snapshot(container)
     if after != before:
         problems.append(f"{label}: (events, pending) went from {before} to {after}")
-    if drain_queue(container):
+    if take_queued_messages(container):
         problems.append(f"{label}: a message was queued")
     return problems
 
@@ -200,7 +170,7 @@ def test_accepted_event_is_stored_with_defaults_and_queued(client: Any, containe
     assert item["period_date"] == "2026-05-10"  # the UTC date of receipt
     assert item["source"] == "api"
     assert item["metadata"] == {"talent_id": "T-7", "billable": True}
-    (message,) = drain_queue(container)
+    (message,) = take_queued_messages(container)
     assert [pair[1] for pair in message["events"]] == [event_id]
     assert message["org"] == ORG
 
@@ -497,7 +467,7 @@ def test_replay_returns_the_original_record_with_200(client: Any, container: Con
     assert replay.headers.get("Idempotent-Replayed") == "true"
     assert body(replay)["data"] == body(first)["data"]  # same id, same recorded_at
     assert len(stored_events(container)) == 1
-    assert len(drain_queue(container)) == 1  # only the first acceptance is rolled up
+    assert len(take_queued_messages(container)) == 1  # only the first acceptance is rolled up
 
 
 def test_idempotency_window_is_48_hours(client: Any, container: Container, clock: Clock) -> None:
@@ -548,7 +518,7 @@ def test_replay_without_period_date_after_utc_midnight_is_still_a_replay(
 def test_same_key_different_payload_is_409_and_writes_nothing(client: Any, container: Container, clock: Clock) -> None:
     original = event(quantity=8, idempotency_key="conflict-1", period_date="2026-05-10", metadata={"talent_id": "T-1"})
     first = body(post(client, original))["data"]
-    drain_queue(container)
+    take_queued_messages(container)
     before = stored_events(container), pending_records(container)
 
     clock.advance(timedelta(hours=1))
@@ -568,7 +538,7 @@ def test_same_key_different_payload_is_409_and_writes_nothing(client: Any, conta
         assert error["field"] == "idempotency_key"
         assert first["id"] in error["message"]
         assert (stored_events(container), pending_records(container)) == before, changes
-        assert drain_queue(container) == [], changes
+        assert take_queued_messages(container) == [], changes
     # the original is untouched and still replayable
     replay = post(client, original)
     assert replay.status_code == 200 and body(replay)["data"] == first
@@ -601,7 +571,7 @@ def test_events_without_a_key_are_never_deduplicated(client: Any, container: Con
 
 def test_batch_partial_success_reports_each_item_in_order(client: Any, container: Container, clock: Clock) -> None:
     earlier = body(post(client, event(quantity=5, idempotency_key="earlier-1")))["data"]
-    drain_queue(container)
+    take_queued_messages(container)
     items = [
         event(quantity=1, idempotency_key="b-0"),  # 0 accepted
         event(service_line_id="LIN-26-999999", quantity=1),  # 1 rejected: unknown line
@@ -645,7 +615,7 @@ def test_batch_partial_success_reports_each_item_in_order(client: Any, container
     assert sorted(e["id"] for e in stored) == sorted([earlier["id"], accepted0["id"], accepted6["id"]])
     b0 = next(e for e in stored if e["id"] == accepted0["id"])
     assert b0["quantity"] == 1  # the conflicting item 4 did not overwrite it
-    (message,) = drain_queue(container)
+    (message,) = take_queued_messages(container)
     assert sorted(pair[1] for pair in message["events"]) == sorted([accepted0["id"], accepted6["id"]])
 
 
@@ -679,13 +649,13 @@ def test_batch_of_100_is_accepted_and_101_refused(client: Any, container: Contai
     error = error_of(response)
     assert error["code"] == "validation_error" and error["field"] == "events"
     assert snapshot(container) == before
-    assert drain_queue(container) == []
+    assert take_queued_messages(container) == []
 
     hundred = {"events": too_many["events"][:100]}
     results = body(post(client, hundred, path=BATCH))["data"]
     assert len(results) == 100 and {r["status"] for r in results} == {"accepted"}
     assert len(stored_events(container)) == 100
-    (message,) = drain_queue(container)
+    (message,) = take_queued_messages(container)
     assert len(message["events"]) == 100
 
 
@@ -722,7 +692,7 @@ def test_batch_where_every_item_is_refused_writes_nothing(client: Any, container
     ]
     assert results[2]["error"]["field"] == "events[2]"
     assert snapshot(container) == before
-    assert drain_queue(container) == []
+    assert take_queued_messages(container) == []
 
 
 def test_batch_item_that_cannot_be_stored_does_not_sink_the_others(
@@ -738,7 +708,7 @@ def test_batch_item_that_cannot_be_stored_does_not_sink_the_others(
     assert results[0]["status"] == "accepted"
     accepted = [r["data"]["id"] for r in results if r["status"] == "accepted"]
     assert sorted(e["id"] for e in stored_events(container)) == sorted(accepted)
-    (message,) = drain_queue(container)
+    (message,) = take_queued_messages(container)
     assert sorted(pair[1] for pair in message["events"]) == sorted(accepted)
 
 

@@ -22,10 +22,9 @@ from chalicelib.container import Container
 from chalicelib.domain.usage import UsageDraft
 from chalicelib.errors import MeteringError
 from chalicelib.services.ingest import IngestOutcome, ingest
-from chalicelib.storage import clients
-from chalicelib.storage.codec import from_item
 from chalicelib.storage.events_repo import slot_for
 from tests.conftest import auth
+from tests.support import pending_records, stored_events, take_queued_messages
 
 ORG = "ORG-26-090500"
 TALENT = "LIN-26-084729"
@@ -46,35 +45,6 @@ def draft(quantity: str = "8", key: str | None = "concurrent-1", **changes: Any)
     }
     values.update(changes)
     return UsageDraft(**values)
-
-
-def scan(container: Container) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    paginator = clients.dynamodb().get_paginator("scan")
-    for page in paginator.paginate(TableName=container.events.table_name, ConsistentRead=True):
-        items.extend(from_item(i) for i in page.get("Items", []))
-    return items
-
-
-def stored_events(container: Container) -> list[dict[str, Any]]:
-    return [i for i in scan(container) if i["pk"].startswith("EV#")]
-
-
-def pending_records(container: Container) -> list[dict[str, Any]]:
-    return [i for i in scan(container) if i["pk"].startswith("PENDING#")]
-
-
-def drain_queue(container: Container) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    while True:
-        received = (
-            clients.sqs()
-            .receive_message(QueueUrl=container.queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            .get("Messages", [])
-        )
-        if not received:
-            return messages
-        messages.extend(json.loads(m["Body"]) for m in received)
 
 
 def all_at_once(calls: int, fn: Callable[[int], Any]) -> list[Any]:
@@ -127,7 +97,7 @@ def test_fifty_concurrent_callers_with_one_key_store_one_event(container: Contai
     # only the winner's batch is left to roll up, and it is queued once
     (pending,) = pending_records(container)
     assert [tuple(pair) for pair in pending["events"]] == [("K#concurrent-1", event_id)]
-    (message,) = drain_queue(container)
+    (message,) = take_queued_messages(container)
     assert [tuple(pair) for pair in message["events"]] == [("K#concurrent-1", event_id)]
 
 
@@ -150,7 +120,7 @@ def test_concurrent_callers_with_one_key_and_two_payloads_agree_on_the_winner(co
             assert outcome.status == "conflict"
             assert outcome.error is not None and outcome.error.code == "idempotency_conflict"
     assert len(pending_records(container)) == 1
-    assert len(drain_queue(container)) == 1
+    assert len(take_queued_messages(container)) == 1
 
 
 def test_concurrent_callers_with_distinct_keys_each_store_their_event(container: Container) -> None:
@@ -174,7 +144,7 @@ def test_concurrent_replays_of_a_batch_return_the_same_ids(container: Container)
     for position in range(10):
         assert sorted(run[position].status for run in runs) == ["accepted"] + ["duplicate"] * 9
     assert len(stored_events(container)) == 10
-    queued = [pair[1] for message in drain_queue(container) for pair in message["events"]]
+    queued = [pair[1] for message in take_queued_messages(container) for pair in message["events"]]
     assert sorted(queued) == sorted(ids_per_run[0])  # every event queued exactly once
 
 
@@ -198,7 +168,7 @@ def test_failed_enqueue_still_accepts_and_leaves_the_pending_record(container: C
     assert pending["organization_id"] == ORG
     expected = sorted((slot_for(e.idempotency_key, e.id), e.id) for e in events)
     assert sorted(tuple(pair) for pair in pending["events"]) == expected
-    assert drain_queue(container) == []
+    assert take_queued_messages(container) == []
 
 
 def test_failed_enqueue_through_the_api_is_still_201(
@@ -222,7 +192,7 @@ def test_failed_enqueue_through_the_api_is_still_201(
 def test_successful_enqueue_sends_one_message_listing_the_written_events(container: Container) -> None:
     earlier = ingest_one(container, draft(quantity="5", key="earlier"))
     assert earlier.event is not None
-    drain_queue(container)
+    take_queued_messages(container)
 
     items: list[UsageDraft | MeteringError] = [
         draft(quantity="1", key="w-0"),  # written
@@ -247,7 +217,7 @@ def test_successful_enqueue_sends_one_message_listing_the_written_events(contain
     assert outcomes[1].event is not None and outcomes[1].event.id == earlier.event.id
     assert outcomes[2].event is not None and outcomes[2].event.id == written[0].id
 
-    (message,) = drain_queue(container)
+    (message,) = take_queued_messages(container)
     assert message["origin"] == "ingest"
     assert message["org"] == ORG
     assert message["batch"] == written[0].batch_id
@@ -260,12 +230,12 @@ def test_successful_enqueue_sends_one_message_listing_the_written_events(contain
 def test_batch_with_nothing_written_leaves_no_pending_record_and_sends_nothing(container: Container) -> None:
     first = ingest_one(container, draft(key="only"))
     assert first.status == "accepted"
-    drain_queue(container)
+    take_queued_messages(container)
     pending_before = pending_records(container)
 
     items: list[UsageDraft | MeteringError] = [draft(key="only"), draft(quantity="9", key="only")]
     outcomes = ingest(items, ORG, container.catalog, container.events, container.queue, NOW)
     assert [o.status for o in outcomes] == ["duplicate", "conflict"]
     assert pending_records(container) == pending_before
-    assert drain_queue(container) == []
+    assert take_queued_messages(container) == []
     assert len(stored_events(container)) == 1

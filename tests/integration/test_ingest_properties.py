@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from chalicelib.container import Container
 from chalicelib.storage import clients
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, auth
+from tests.support import take_queued_messages
 
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 EVENTS = "/v1/metering/events"
@@ -228,20 +229,6 @@ def counts(container: Container) -> tuple[int, int]:
     return events, pending
 
 
-def drain_queue(container: Container) -> int:
-    """Receive (and so hide) every waiting message; how many there were."""
-    received_total = 0
-    while True:
-        received = (
-            clients.sqs()
-            .receive_message(QueueUrl=container.queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-            .get("Messages", [])
-        )
-        if not received:
-            return received_total
-        received_total += len(received)
-
-
 def post(client: Any, path: str, raw: str | bytes, key: str) -> Any:
     try:
         return client.http.post(path, headers=auth(key), body=raw)
@@ -264,7 +251,7 @@ def test_single_event_endpoint_never_5xx_and_refusals_write_nothing(
     client: Any, container: Container, raw: str | bytes, key: str
 ) -> None:
     container.clock = lambda: NOW
-    drain_queue(container)
+    len(take_queued_messages(container))
     before = counts(container)
 
     response = post(client, EVENTS, raw, key)
@@ -272,7 +259,7 @@ def test_single_event_endpoint_never_5xx_and_refusals_write_nothing(
     event(f"status {status}")
     assert status < 500, (status, raw, response.body)
     after = counts(container)
-    queued = drain_queue(container)
+    queued = len(take_queued_messages(container))
     if 400 <= status < 500:
         error = json.loads(response.body)["error"]
         assert error["code"] and error["request_id"]
@@ -296,7 +283,7 @@ def test_batch_endpoint_never_5xx_and_writes_exactly_what_it_accepts(
     client: Any, container: Container, raw: str | bytes, key: str
 ) -> None:
     container.clock = lambda: NOW
-    drain_queue(container)
+    len(take_queued_messages(container))
     before = counts(container)
 
     response = post(client, BATCH, raw, key)
@@ -304,7 +291,7 @@ def test_batch_endpoint_never_5xx_and_writes_exactly_what_it_accepts(
     event(f"status {status}")
     assert status < 500, (status, raw, response.body)
     after = counts(container)
-    queued = drain_queue(container)
+    queued = len(take_queued_messages(container))
     if status != 200:
         assert 400 <= status < 500, (status, response.body)
         assert after == before, f"refused with {status} but the store changed: {before} -> {after}"
