@@ -174,21 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(args.host, args.port, args.schedule_every)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    stack.start(demo=not args.no_demo)
-    print(f"usage-metering local stack: {stack.base_url}", flush=True)
-    for env, secret in stack.keys.items():
-        print(f"  {env}={secret}", flush=True)
-    print(f"  pollers: {', '.join(p.function_name for p in stack.pollers) or 'none'}", flush=True)
-    scheduled = [name for name, _, _ in stack.scheduler.jobs] if stack.scheduler else []
-    print(f"  schedules: {', '.join(scheduled) or 'none'}", flush=True)
-    print("ready (Ctrl-C stops)", flush=True)
-    try:
+    try:  # Ctrl-C at any point from here on stops whatever has started
+        stack.start(demo=not args.no_demo)
+        print(f"usage-metering local stack: {stack.base_url}", flush=True)
+        for env, secret in stack.keys.items():
+            print(f"  {env}={secret}", flush=True)
+        print(f"  pollers: {', '.join(p.function_name for p in stack.pollers) or 'none'}", flush=True)
+        scheduled = [name for name, _, _ in stack.scheduler.jobs] if stack.scheduler else []
+        print(f"  schedules: {', '.join(scheduled) or 'none'}", flush=True)
+        print("ready (Ctrl-C stops)", flush=True)
         while not stopping.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
-    print("stopping...", flush=True)
-    stack.stop()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        print("stopping...", flush=True)
+        stack.stop()
     print("stopped", flush=True)
     return 0
 
