@@ -2,6 +2,8 @@
 
 Run against a deployed stage with AWS credentials in the environment:
     python -m chalicelib.cli --stage prod catalog load
+    python -m chalicelib.cli --stage prod orgs create --id ORG-26-000001 --name "Acme" --plan plan_growth_annual
+    python -m chalicelib.cli --stage prod workspaces create --org ORG-26-000001 --id WS-26-000001 --name "Platform"
     python -m chalicelib.cli --stage prod keys create --org ORG-26-090500 --scopes all --name billing-sync
     python -m chalicelib.cli --stage prod keys revoke key_0123456789abcdef
     python -m chalicelib.cli import usage.csv --base-url URL --api-key KEY
@@ -14,12 +16,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chalicelib import backfill
 from chalicelib.config import reset_settings
 from chalicelib.container import Container
 from chalicelib.domain.auth import ALL_SCOPES, parse_scopes
+from chalicelib.domain.models import Organization, Workspace
 from chalicelib.services import catalog_admin
 from chalicelib.storage import clients
 
@@ -30,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     cat = sub.add_parser("catalog", help="the platform catalog").add_subparsers(dest="action", required=True)
     cat.add_parser("load", help="write the repo's meters and plans into the stage")
+    orgs = sub.add_parser("orgs", help="organizations").add_subparsers(dest="action", required=True)
+    org_create = orgs.add_parser("create", help="create (or update) an organization on a plan")
+    org_create.add_argument("--id", required=True, help="organization id, e.g. ORG-26-090500")
+    org_create.add_argument("--name", required=True)
+    org_create.add_argument("--plan", required=True, help="plan id, e.g. plan_growth_annual")
+    workspaces = sub.add_parser("workspaces", help="workspaces").add_subparsers(dest="action", required=True)
+    ws_create = workspaces.add_parser("create", help="create (or update) a workspace of an organization")
+    ws_create.add_argument("--org", required=True)
+    ws_create.add_argument("--id", required=True, help="workspace id, e.g. WS-26-000101")
+    ws_create.add_argument("--name", required=True)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key bound to one organization")
     create.add_argument("--org", required=True, help="organization id (ORG-*)")
@@ -107,6 +121,21 @@ def run(argv: Sequence[str] | None, container: Container | None = None) -> int:
     if args.command == "catalog":
         meters, plans = catalog_admin.load_platform_catalog(repo)
         print(f"loaded {meters} meters and {plans} plans into {repo.table_name}")
+        return 0
+    if args.command == "orgs":
+        if repo.get_plan(args.plan) is None:
+            print(f"error: no plan {args.plan} (load the catalog first)", file=sys.stderr)
+            return 2
+        repo.put_organization(Organization(id=args.id, name=args.name, plan_id=args.plan, created_at=datetime.now(UTC)))
+        repo.recount_active_lines(args.id)
+        print(f"organization {args.id} on {args.plan}")
+        return 0
+    if args.command == "workspaces":
+        if repo.get_organization(args.org) is None:
+            print(f"error: no organization {args.org}", file=sys.stderr)
+            return 2
+        repo.put_workspace(Workspace(id=args.id, organization_id=args.org, name=args.name))
+        print(f"workspace {args.id} of {args.org}")
         return 0
     if args.action == "create":
         try:

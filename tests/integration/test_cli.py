@@ -32,3 +32,23 @@ def test_catalog_load_is_repeatable(container: Container, capsys: pytest.Capture
     assert run(["catalog", "load"], container) == 0
     assert "loaded 10 meters and 9 plans" in capsys.readouterr().out
     assert len(container.catalog.list_meters()) == 10
+
+
+def test_a_new_stage_gets_its_first_organization_workspace_and_key(
+    container: Container, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["orgs", "create", "--id", "ORG-26-000777", "--name", "Acme", "--plan", "plan_nope"], container) == 2
+    assert (
+        run(["orgs", "create", "--id", "ORG-26-000777", "--name", "Acme", "--plan", "plan_growth_annual"], container)
+        == 0
+    )
+    org = container.catalog.get_organization("ORG-26-000777")
+    assert org is not None and org.plan_id == "plan_growth_annual"
+    assert run(["workspaces", "create", "--org", "ORG-26-000000", "--id", "WS-1", "--name", "x"], container) == 2
+    assert (
+        run(["workspaces", "create", "--org", "ORG-26-000777", "--id", "WS-26-000777", "--name", "Core"], container)
+        == 0
+    )
+    assert [w.id for w in container.catalog.list_workspaces("ORG-26-000777")] == ["WS-26-000777"]
+    assert run(["keys", "create", "--org", "ORG-26-000777", "--scopes", "all"], container) == 0
+    assert "secret:" in capsys.readouterr().out
