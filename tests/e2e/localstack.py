@@ -6,9 +6,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from chalicelib import jsonutil
+from tests.conftest import FULL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +61,19 @@ def running_stack(*extra: str) -> Iterator[str]:
         output = "".join(lines)
         assert proc.returncode == 0, output[-5000:]
         assert "stopped" in output
+
+
+def request(
+    url: str, key: str | None = FULL_KEY, data: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """One HTTP call to a running stack; its status and JSON answer, numbers exact."""
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    if key:
+        all_headers["Authorization"] = f"Bearer {key}"
+    payload = jsonutil.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=payload, headers=all_headers, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, jsonutil.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, jsonutil.loads(err.read() or b"null")

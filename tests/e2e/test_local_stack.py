@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from tests.conftest import FULL_KEY
-from tests.e2e.localstack import running_stack
-
-
-def request(url: str, key: str | None = FULL_KEY, data: Any = None, headers: dict[str, str] | None = None) -> Any:
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
-    if key:
-        all_headers["Authorization"] = f"Bearer {key}"
-    payload = json.dumps(data).encode() if data is not None else None
-    req = urllib.request.Request(url, data=payload, headers=all_headers, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+from tests.e2e.localstack import request, running_stack
 
 
 @pytest.fixture(scope="module")

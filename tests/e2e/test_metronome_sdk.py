@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from metronome import BadRequestError, Metronome, NotFoundError
 
-from chalicelib import jsonutil
 from tests.conftest import FULL_KEY
-from tests.e2e.localstack import running_stack
+from tests.e2e.localstack import request, running_stack
 
 ORG = "ORG-26-090500"
 TALENT = "LIN-26-084729"
@@ -27,20 +23,6 @@ TOKENS = "4605a6c6-7bf4-525a-8ccd-b53bda05eb40"  # agent.tokens
 DAYS = "9e780c07-3a00-5401-9bcf-542a26b5a822"  # talent.days
 RUN_SECONDS = "bee3ccb5-81c8-5b0d-8d39-04dc481c449f"  # agent.run_seconds
 DEFAULT_METRICS = [RUN_SECONDS, RUNS, TOKENS, DAYS, HOURS]
-
-
-def request(url: str, key: str | None = FULL_KEY, data: Any = None) -> tuple[int, Any]:
-    """One HTTP call; the JSON answer with exact numbers."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    payload = jsonutil.dumps(data).encode() if data is not None else None
-    req = urllib.request.Request(url, data=payload, headers=headers, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, jsonutil.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, jsonutil.loads(err.read() or b"null")
 
 
 @pytest.fixture(scope="module")
