@@ -51,7 +51,3 @@ def parse_scopes(text: str) -> frozenset[str]:
         else:
             raise ValueError(f"unknown scope {part!r}; known: {', '.join(sorted(ALL_SCOPES))}")
     return frozenset(scopes)
-
-
-def constant_time_equal(a: str, b: str) -> bool:
-    return secrets.compare_digest(a.encode(), b.encode())

@@ -13,7 +13,7 @@ from typing import Any
 
 import simplejson
 
-from chalicelib.errors import ErrorCode, MeteringError, validation_error
+from chalicelib.errors import validation_error
 
 # Limits a caller meets (documented in the README).
 MAX_QUANTITY = Decimal(10) ** 12
@@ -289,8 +289,3 @@ def chunk_events(events: Iterable[CountableEvent], max_keys: int) -> list[list[C
     if current:
         chunks.append(current)
     return chunks
-
-
-def require(condition: bool, code: ErrorCode, message: str, field: str | None = None) -> None:
-    if not condition:
-        raise MeteringError(code, message, field=field)

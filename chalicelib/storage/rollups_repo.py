@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -319,14 +319,3 @@ class DynamoRollupStore:
             if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return False
             raise
-
-    def all_rollups(self, line_ids: Iterable[str]) -> list[Rollup]:
-        rows: list[Rollup] = []
-        for line in line_ids:
-            rows.extend(
-                r
-                for r in self._query(
-                    KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": f"R#{line}"}}
-                )
-            )
-        return rows
