@@ -127,8 +127,7 @@ _KEY_HEADERS = {
 
 
 def require_license(catalog: CatalogRepository, organization_id: str) -> None:
-    org = catalog.get_organization(organization_id)
-    plan = catalog.get_plan(org.plan_id) if org else None
+    plan = catalog.get_organization_plan(organization_id)
     if plan is None or not plan.has_feature(METERED_USAGE_FEATURE):
         raise MeteringError(
             ErrorCode.LICENSE_REQUIRED, "The organization's plan does not include metered usage (Metered Products)."

@@ -122,8 +122,7 @@ def hourly_totals(
 def _summary_currency(catalog: CatalogRepository, lines: list[ServiceLine]) -> str:
     """The currency of the total: the organization's plan's, else its lines' (USD when it has none)."""
     if lines:
-        org = catalog.get_organization(lines[0].organization_id)
-        plan = catalog.get_plan(org.plan_id) if org else None
+        plan = catalog.get_organization_plan(lines[0].organization_id)
         if plan is not None:
             return plan.currency
         return lines[0].currency

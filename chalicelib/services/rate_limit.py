@@ -22,7 +22,6 @@ from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 
 FLUSH_EVERY_CALLS = 25
 FLUSH_EVERY_SECONDS = 5.0
-PLAN_CACHE_SECONDS = 60.0
 
 
 @dataclass
@@ -41,18 +40,11 @@ class ApiCallLimiter:
         self.monotonic = monotonic
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
-        self._limits: dict[str, tuple[float, int | None]] = {}
 
     def _limit(self, organization_id: str) -> int | None:
-        now = self.monotonic()
-        cached = self._limits.get(organization_id)
-        if cached and now - cached[0] < PLAN_CACHE_SECONDS:
-            return cached[1]
-        org = self.catalog.get_organization(organization_id)
-        plan = self.catalog.get_plan(org.plan_id) if org else None
-        limit = plan.limits.api_calls_monthly if plan else None
-        self._limits[organization_id] = (now, limit)
-        return limit
+        """The plan's monthly limit (the catalog caches organizations and plans for a minute)."""
+        plan = self.catalog.get_organization_plan(organization_id)
+        return plan.limits.api_calls_monthly if plan else None
 
     def check(self, organization_id: str, at: datetime) -> None:
         """Count one call, or raise 429 when the month's calls are used up."""

@@ -15,8 +15,7 @@ MAX_RATE = Decimal(10) ** 9
 
 
 def plan_of(catalog: DynamoCatalogRepository, organization_id: str) -> Plan:
-    org = catalog.get_organization(organization_id)
-    plan = catalog.get_plan(org.plan_id) if org else None
+    plan = catalog.get_organization_plan(organization_id)
     if plan is None:
         raise MeteringError(ErrorCode.INTERNAL_ERROR, "The organization has no plan.")
     return plan

@@ -111,6 +111,11 @@ class DynamoCatalogRepository:
 
         return self._cached(f"org:{organization_id}", load)
 
+    def get_organization_plan(self, organization_id: str) -> Plan | None:
+        """The plan an organization is on; None for an unknown organization."""
+        org = self.get_organization(organization_id)
+        return self.get_plan(org.plan_id) if org else None
+
     def list_workspaces(self, organization_id: str) -> list[Workspace]:
         items = self._query(f"ORG#{organization_id}", "WS#")
         return sorted((Workspace.model_validate(self._strip(i)) for i in items), key=lambda w: w.id)
