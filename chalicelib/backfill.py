@@ -81,9 +81,6 @@ class ImportState:
 
     file_sha256: str
     rows_done: int = 0
-    accepted: int = 0
-    duplicate: int = 0
-    rejected: int = 0
 
 
 @dataclass
@@ -186,14 +183,29 @@ def import_file(
     state_file = _state_path(path)
     state = ImportState(digest)
     if state_file.exists():
-        saved = ImportState(**json.loads(state_file.read_text()))
-        if saved.file_sha256 == digest:
-            state = saved
+        saved = json.loads(state_file.read_text())
+        if saved.get("file_sha256") == digest:
+            state = ImportState(digest, int(saved.get("rows_done", 0)))
     report = ImportReport(skipped_already_imported=state.rows_done)
     total = sum(1 for _ in read_rows(path))
     pending: list[Row] = []
+    # A resumed run adds to the rows an earlier run of the same file rejected.
+    append_rejections = state.rows_done > 0
+
+    def write_rejections(rows: list[tuple[int, str, str]]) -> None:
+        nonlocal append_rejections
+        if rejected_out is None or not rows:
+            return
+        appending = append_rejections and rejected_out.exists()
+        with rejected_out.open("a" if appending else "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            if not appending:
+                writer.writerow(["row", "reason", "content"])
+            writer.writerows([number, reason, raw] for number, raw, reason in rows)
+        append_rejections = True
 
     def flush() -> None:
+        already_rejected = len(report.rejections)
         events = [r for r in pending if r.event is not None]
         for r in pending:
             if r.event is None:
@@ -209,8 +221,8 @@ def import_file(
                 else:
                     error = result.get("error", {})
                     report.rejections.append((row.number, row.raw, f"{error.get('code')}: {error.get('message')}"))
+        write_rejections(report.rejections[already_rejected:])  # before the progress that skips these rows
         state.rows_done = pending[-1].number
-        state.accepted, state.duplicate = state.accepted + report.accepted, state.duplicate + report.duplicate
         state_file.write_text(json.dumps(asdict(state)))
         pending.clear()
         if progress is not None:
@@ -229,12 +241,6 @@ def import_file(
     if progress is not None:
         progress.write("\n")
     report.rejected = len(report.rejections)
-    if rejected_out is not None and report.rejections:
-        with rejected_out.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["row", "reason", "content"])
-            for number, raw, reason in report.rejections:
-                writer.writerow([number, reason, raw])
     return report
 
 

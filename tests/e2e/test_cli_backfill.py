@@ -121,3 +121,23 @@ def test_export_writes_every_page(base_url: str, tmp_path: Path) -> None:
     assert len(rows) >= 250
     assert list(rows[0]) == backfill.EXPORT_COLUMNS
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_rows_rejected_before_an_interruption_stay_in_the_rejected_file(base_url: str, tmp_path: Path) -> None:
+    events = [
+        {"service_line_id": "LIN-26-091100", "meter": "agent.runs", "quantity": 1, "period_date": "2026-11-18"}
+        for _ in range(150)
+    ]
+    events[4]["quantity"] = "five"  # row 5, in the first batch
+    events[119]["meter"] = "talent.hours"  # row 120, in the second
+    source = tmp_path / "runs.jsonl"
+    source.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    rejected = tmp_path / "runs.rejected.csv"
+    with pytest.raises(KeyboardInterrupt):
+        backfill.import_file(FlakyClient(base_url, fail_after=1), source, rejected, progress=None)
+    report = backfill.import_file(backfill.ApiClient(base_url, FULL_KEY), source, rejected, progress=None)
+    assert (report.accepted, report.rejected) == (49, 1)
+    with rejected.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["row"]) for r in rows] == [5, 120]
+    assert rows[0]["reason"].startswith("validation_error") and rows[1]["reason"].startswith("meter_not_permitted")
