@@ -3,10 +3,14 @@
 Chalice writes the functions, the API, the schedules and the SQS event source;
 this adds what it cannot: the tables (keys, indexes, TTL, point-in-time
 recovery, on-demand billing), the usage queue with its dead-letter queue and
-redrive policy, `ReportBatchItemFailures` on the aggregator's event source, and
-a least-privilege IAM policy naming each table, index and queue (no `*`
-resource). Chalice's merge replaces lists and merges dicts deeply; the
-packaged result is what the tests check.
+redrive policy, `ReportBatchItemFailures` on the aggregator's event source, one
+IAM role per function granting only what that function calls on each named
+table, index, queue and its own log group (no `*` resource; writes to the
+events table other than storing events are limited to pending records), and
+API Gateway stage throttling (template parameters with per-stage defaults).
+.chalice/config.json tells Chalice not to manage roles; each function's role
+here replaces the `iam_role_arn` placeholder. Chalice's merge replaces lists
+and merges dicts deeply; the packaged result is what the tests check.
 
     python -m tools.deploy_template --stage prod > build/merge-prod.json
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.storage.schema import QUEUES, TABLES, QueueSpec, TableSpec, resource_name
@@ -23,25 +28,48 @@ from chalicelib.storage.schema import QUEUES, TABLES, QueueSpec, TableSpec, reso
 APP_NAME = "usage-metering"
 AGGREGATOR = "AggregateUsage"
 AGGREGATOR_EVENT = "AggregateUsageSqsEventSource"
+API = "RestAPI"
 
-# Every DynamoDB and SQS call the code makes (checked against recorded calls in the tests).
-DYNAMODB_ACTIONS = [
-    "dynamodb:BatchGetItem",
-    "dynamodb:BatchWriteItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:Query",
-    "dynamodb:Scan",
-    "dynamodb:UpdateItem",
-]
-SQS_SEND_ACTIONS = ["sqs:GetQueueUrl", "sqs:SendMessage"]
-SQS_CONSUME_ACTIONS = [
-    "sqs:ReceiveMessage",
-    "sqs:DeleteMessage",
-    "sqs:GetQueueAttributes",
-    "sqs:ChangeMessageVisibility",
-]
+# Chalice's function name -> the logical id chalice package gives the function.
+FUNCTIONS = {
+    "api_handler": "APIHandler",
+    "aggregate_usage": AGGREGATOR,
+    "sweep_pending": "SweepPending",
+    "reconcile_rollups": "ReconcileRollups",
+}
+
+# The partition of the events table that holds pending batch records (the rest are immutable events).
+# chalicelib/storage keeps the key format; the recorded-call test fails if the two ever differ.
+PENDING_PREFIX = "PENDING#"
+
+# Lambda's SQS event source polls with the function's role and needs exactly these.
+SQS_EVENT_SOURCE_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
+SQS_SEND_ACTIONS = ("sqs:GetQueueUrl", "sqs:SendMessage")
+LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
+
+
+@dataclass(frozen=True)
+class Throttling:
+    """API Gateway stage throttling: steady requests per second and the burst above it."""
+
+    rate_limit: float
+    burst_limit: int
+
+
+# Defaults per stage; a deploy can override them per stack with
+# --parameter-overrides ApiThrottlingRateLimit=... ApiThrottlingBurstLimit=...
+STAGE_THROTTLING = {"dev": Throttling(10, 20), "prod": Throttling(100, 200)}
+DEFAULT_THROTTLING = STAGE_THROTTLING["dev"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One policy statement: actions on named resources; `pending_only` limits items to pending records."""
+
+    sid: str
+    actions: tuple[str, ...]
+    resources: tuple[tuple[str, str], ...]  # (service, resource) pairs, e.g. ("sqs", "metering-usage-prod")
+    pending_only: bool = False
 
 
 def logical_id(kind: str, name: str) -> str:
@@ -89,42 +117,135 @@ def arn(service: str, resource: str) -> dict[str, str]:
     return {"Fn::Sub": f"arn:${{AWS::Partition}}:{service}:${{AWS::Region}}:${{AWS::AccountId}}:{resource}"}
 
 
-def policy(stage: str) -> dict[str, Any]:
-    tables = [resource_name(spec.base_name, stage) for spec in TABLES.values()]
-    table_arns = [arn("dynamodb", f"table/{t}") for t in tables]
-    index_arns = [
-        arn("dynamodb", f"table/{t}/index/*") for t, s in zip(tables, TABLES.values(), strict=True) if s.indexes
-    ]
-    queues = {logical: resource_name(spec.base_name, stage) for logical, spec in QUEUES.items()}
-    log_prefix = f"log-group:/aws/lambda/{APP_NAME}-{stage}-"
+def function_name(stage: str, function: str) -> str:
+    """The Lambda function's name (as `chalice deploy` names it), so its log group can be named exactly."""
+    return f"{APP_NAME}-{stage}-{function}"
+
+
+def grants(stage: str) -> dict[str, list[Grant]]:
+    """What each function calls, and nothing more (the tests check it against every recorded call)."""
+
+    def table(name: str) -> tuple[str, str]:
+        return ("dynamodb", f"table/{resource_name(TABLES[name].base_name, stage)}")
+
+    def index(name: str, index_name: str) -> tuple[str, str]:
+        if index_name not in {ix.name for ix in TABLES[name].indexes}:
+            raise ValueError(f"table {name} has no index {index_name}")
+        return ("dynamodb", f"{table(name)[1]}/index/{index_name}")
+
+    def queue(name: str) -> tuple[str, str]:
+        return ("sqs", resource_name(QUEUES[name].base_name, stage))
+
+    def dynamodb(*actions: str) -> tuple[str, ...]:
+        return tuple(f"dynamodb:{a}" for a in actions)
+
     return {
-        "PolicyName": "MeteringLeastPrivilege",
-        "PolicyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Sid": "Tables", "Effect": "Allow", "Action": DYNAMODB_ACTIONS, "Resource": table_arns},
-                {"Sid": "Indexes", "Effect": "Allow", "Action": ["dynamodb:Query"], "Resource": index_arns},
+        # Routes: authenticate, read the catalog, ingest (events, pending records, the queue), read usage.
+        "api_handler": [
+            Grant("Catalog", dynamodb("GetItem", "PutItem", "Query", "UpdateItem"), (table("catalog"),)),
+            Grant("WriteEvents", dynamodb("GetItem", "PutItem"), (table("events"),)),
+            Grant("DropEmptyPendingBatch", dynamodb("DeleteItem"), (table("events"),), pending_only=True),
+            Grant("ListEvents", dynamodb("Query"), (index("events", "by_line"),)),
+            Grant("ReadRollups", dynamodb("Query"), (table("rollups"),)),
+            Grant("SendUsage", SQS_SEND_ACTIONS, (queue("usage"),)),
+        ],
+        # SQS aggregator: read the batch's events, apply rollups with their markers, clear pending records.
+        "aggregate_usage": [
+            Grant("ReadEvents", dynamodb("BatchGetItem"), (table("events"),)),
+            Grant("ClearPendingBatches", dynamodb("BatchWriteItem"), (table("events"),), pending_only=True),
+            Grant("ApplyRollups", dynamodb("PutItem", "UpdateItem"), (table("rollups"),)),
+            Grant("ConsumeUsage", SQS_EVENT_SOURCE_ACTIONS, (queue("usage"),)),
+            Grant("DeadLetter", SQS_SEND_ACTIONS, (queue("usage_dlq"),)),
+        ],
+        # Sweeper: find pending batches, claim and re-enqueue them.
+        "sweep_pending": [
+            Grant("FindPendingBatches", dynamodb("Query"), (table("events"),)),
+            Grant("ClaimPendingBatch", dynamodb("UpdateItem"), (table("events"),), pending_only=True),
+            Grant("SendUsage", SQS_SEND_ACTIONS, (queue("usage"),)),
+        ],
+        # Reconciler: every service line, its events and pending state, its rollups; repair drift.
+        "reconcile_rollups": [
+            Grant("ListServiceLines", dynamodb("Scan"), (table("catalog"),)),
+            Grant("ReadEvents", dynamodb("GetItem"), (table("events"),)),
+            Grant("ListEvents", dynamodb("Query"), (index("events", "by_line"),)),
+            Grant("RepairRollups", dynamodb("BatchGetItem", "Query", "UpdateItem"), (table("rollups"),)),
+            Grant("FindHourRollups", dynamodb("Query"), (index("rollups", "by_period"),)),
+        ],
+    }
+
+
+def statement(grant: Grant) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "Sid": grant.sid,
+        "Effect": "Allow",
+        "Action": list(grant.actions),
+        "Resource": [arn(service, resource) for service, resource in grant.resources],
+    }
+    if grant.pending_only:
+        # Every item the call touches must be a pending record: no function deletes or changes an event.
+        body["Condition"] = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [PENDING_PREFIX + "*"]}}
+    return body
+
+
+def role_resource(stage: str, function: str, function_grants: list[Grant]) -> dict[str, Any]:
+    """The function's own execution role: its grants and its own log group."""
+    log_group = f"log-group:/aws/lambda/{function_name(stage, function)}"
+    logs = {
+        "Sid": "Logs",
+        "Effect": "Allow",
+        "Action": list(LOG_ACTIONS),
+        "Resource": [arn("logs", log_group), arn("logs", log_group + ":log-stream:*")],
+    }
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            },
+            "Policies": [
                 {
-                    "Sid": "SendUsage",
-                    "Effect": "Allow",
-                    "Action": SQS_SEND_ACTIONS,
-                    "Resource": [arn("sqs", q) for q in queues.values()],
-                },
-                {
-                    "Sid": "ConsumeUsage",
-                    "Effect": "Allow",
-                    "Action": SQS_CONSUME_ACTIONS,
-                    "Resource": [arn("sqs", queues["usage"])],
-                },
-                {
-                    "Sid": "Logs",
-                    "Effect": "Allow",
-                    "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                    "Resource": [arn("logs", log_prefix + "*"), arn("logs", log_prefix + "*:log-stream:*")],
-                },
+                    "PolicyName": f"{FUNCTIONS[function]}LeastPrivilege",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [*(statement(g) for g in function_grants), logs],
+                    },
+                }
             ],
         },
     }
+
+
+def role_id(function: str) -> str:
+    return f"{FUNCTIONS[function]}Role"
+
+
+def api_throttling(stage: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The template parameters (per-stage defaults) and the stage's method settings that use them."""
+    defaults = STAGE_THROTTLING.get(stage, DEFAULT_THROTTLING)
+    parameters = {
+        "ApiThrottlingRateLimit": {
+            "Type": "Number",
+            "Default": defaults.rate_limit,
+            "MinValue": 1,
+            "Description": "API Gateway stage: steady-state requests per second across all clients.",
+        },
+        "ApiThrottlingBurstLimit": {
+            "Type": "Number",
+            "Default": defaults.burst_limit,
+            "MinValue": 1,
+            "Description": "API Gateway stage: requests allowed in a burst above the steady rate.",
+        },
+    }
+    method_settings = {
+        "ResourcePath": "/*",
+        "HttpMethod": "*",
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+    }
+    return parameters, method_settings
 
 
 def merge_template(stage: str) -> dict[str, Any]:
@@ -133,18 +254,26 @@ def merge_template(stage: str) -> dict[str, Any]:
         resources[logical_id("Table", logical)] = table_resource(spec, resource_name(spec.base_name, stage))
     for logical, queue in QUEUES.items():
         resources[logical_id("Queue", logical)] = queue_resource(queue, resource_name(queue.base_name, stage))
-    resources["DefaultRole"] = {"Properties": {"Policies": [policy(stage)]}}
+    outputs: dict[str, Any] = {}
+    for function, function_grants in grants(stage).items():
+        role = role_id(function)
+        resources[role] = role_resource(stage, function, function_grants)
+        # Chalice writes the role as the config's iam_role_arn (a string): this replaces it.
+        resources[FUNCTIONS[function]] = {
+            "Properties": {"FunctionName": function_name(stage, function), "Role": {"Fn::GetAtt": [role, "Arn"]}}
+        }
+        outputs[f"{role}Arn"] = {"Value": {"Fn::GetAtt": [role, "Arn"]}}
     # Chalice names the queue by ARN (Fn::Sub); merging a Fn::GetAtt into that dict would make it
     # invalid, so the queue's creation order comes from DependsOn instead.
-    resources[AGGREGATOR] = {
-        "DependsOn": [logical_id("Queue", "usage")],
-        "Properties": {
-            "Timeout": 60,
-            "MemorySize": 512,
-            "Events": {AGGREGATOR_EVENT: {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}},
-        },
-    }
-    return {"Resources": resources}
+    resources[AGGREGATOR]["DependsOn"] = [logical_id("Queue", "usage")]
+    resources[AGGREGATOR]["Properties"].update(
+        Timeout=60,
+        MemorySize=512,
+        Events={AGGREGATOR_EVENT: {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}},
+    )
+    parameters, method_settings = api_throttling(stage)
+    resources[API] = {"Properties": {"MethodSettings": [method_settings]}}
+    return {"Parameters": parameters, "Resources": resources, "Outputs": outputs}
 
 
 def main(argv: list[str] | None = None) -> int:

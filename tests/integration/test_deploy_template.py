@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 import pytest
 
 from chalicelib.storage import clients
 from chalicelib.storage.schema import QUEUES, TABLES, resource_name
-from tools.deploy_template import logical_id
+from tools.deploy_template import (
+    DEFAULT_THROTTLING,
+    FUNCTIONS,
+    PENDING_PREFIX,
+    SQS_EVENT_SOURCE_ACTIONS,
+    STAGE_THROTTLING,
+    logical_id,
+    merge_template,
+    role_id,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,43 +119,103 @@ def test_schedules_are_packaged(template: dict[str, Any]) -> None:
     assert schedules == {"SweepPending": "rate(2 minutes)", "ReconcileRollups": "cron(17 * * * ? *)"}
 
 
-def policy_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
-    policies = template["Resources"]["DefaultRole"]["Properties"]["Policies"]
-    assert [p["PolicyName"] for p in policies] == ["MeteringLeastPrivilege"]
+FUNCTION_ROLES = {name: role_id(name) for name in FUNCTIONS}
+ACCOUNT_ARN = "arn:aws:{service}:us-east-1:123456789012:{resource}"
+PENDING_KEYS = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [PENDING_PREFIX + "*"]}}
+
+
+def render(pattern: dict[str, str] | str) -> str:
+    """A policy resource as the ARN it means in the test account and region."""
+    text = pattern["Fn::Sub"] if isinstance(pattern, dict) else pattern
+    for name, value in (("Partition", "aws"), ("Region", "us-east-1"), ("AccountId", "123456789012")):
+        text = text.replace("${AWS::" + name + "}", value)
+    return text
+
+
+def role_statements(template: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    policies = template["Resources"][FUNCTION_ROLES[function]]["Properties"]["Policies"]
+    assert len(policies) == 1
     statements: list[dict[str, Any]] = policies[0]["PolicyDocument"]["Statement"]
     return statements
 
 
-def test_policy_names_every_resource_and_no_wildcard_resource(template: dict[str, Any]) -> None:
-    for statement in policy_statements(template):
+def test_each_function_runs_as_its_own_role(template: dict[str, Any]) -> None:
+    functions = resources_of(template, "AWS::Serverless::Function")
+    assert set(functions) == set(FUNCTIONS.values())
+    assert set(resources_of(template, "AWS::IAM::Role")) == set(FUNCTION_ROLES.values())
+    for name, logical in FUNCTIONS.items():
+        props = functions[logical]["Properties"]
+        assert props["Role"] == {"Fn::GetAtt": [FUNCTION_ROLES[name], "Arn"]}
+        assert props["FunctionName"] == f"usage-metering-prod-{name}"
+        trust = template["Resources"][FUNCTION_ROLES[name]]["Properties"]["AssumeRolePolicyDocument"]
+        assert trust["Statement"] == [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ]
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_policy_names_every_resource_and_no_wildcard_resource(template: dict[str, Any], function: str) -> None:
+    own_log_group = f"arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/usage-metering-prod-{function}"
+    for statement in role_statements(template, function):
+        assert statement["Effect"] == "Allow"
+        assert all("*" not in action for action in statement["Action"])
         resources = statement["Resource"]
         assert isinstance(resources, list) and resources
-        for resource in resources:
-            assert resource != "*"
-            text = resource["Fn::Sub"] if isinstance(resource, dict) else resource
-            assert not text.startswith("*") and ":*:*:" not in text
-        assert all("*" not in action for action in statement["Action"])
+        for resource in map(render, resources):
+            # the only wildcard: the log streams Lambda creates in the function's own log group
+            assert "*" not in resource or resource == own_log_group + ":log-stream:*"
+            if resource.startswith("arn:aws:logs:"):
+                assert resource.startswith(own_log_group)
+        assert statement.get("Condition", PENDING_KEYS) == PENDING_KEYS
 
 
-def allowed(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
+def leading_keys_match(patterns: list[str], keys: tuple[str, ...] | None) -> bool:
+    """IAM's ForAllValues:StringLike on dynamodb:LeadingKeys; unknown keys never match."""
+    if not keys:
+        return False
+    regexes = [
+        re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p)) for p in patterns
+    ]
+    return all(any(r.fullmatch(k) for r in regexes) for k in keys)
+
+
+def allowed(statements: list[dict[str, Any]], call: Call) -> bool:
     for statement in statements:
-        if action not in statement["Action"]:
+        if f"{call.service}:{call.action}" not in statement["Action"]:
             continue
-        for pattern in statement["Resource"]:
-            text = pattern["Fn::Sub"].replace("${AWS::Partition}", "aws").replace("${AWS::Region}", "us-east-1")
-            text = text.replace("${AWS::AccountId}", "123456789012")
-            if text == resource or (text.endswith("*") and resource.startswith(text[:-1])):
+        if "Condition" in statement:
+            assert statement["Condition"] == PENDING_KEYS, "a condition this test cannot evaluate"
+            if not leading_keys_match(
+                statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"], call.keys
+            ):
+                continue
+        for pattern in map(render, statement["Resource"]):
+            if pattern == call.resource or (pattern.endswith("*") and call.resource.startswith(pattern[:-1])):
                 return True
     return False
 
 
+class Call(NamedTuple):
+    function: str | None  # the Lambda function whose code made the call; None outside every function
+    service: str
+    action: str  # the IAM action, without the service prefix
+    resource: str
+    keys: tuple[str, ...] | None  # partition keys of the items touched; None when not known (queries, scans)
+
+
+def partition_keys(entries: list[dict[str, Any]]) -> tuple[str, ...] | None:
+    keys = tuple(entry["pk"]["S"] for entry in entries if "pk" in entry)
+    return keys if len(keys) == len(entries) else None
+
+
 class Recorder:
-    """Every (service, IAM action, resource ARN) the code asks AWS for, once enabled (a botocore hook)."""
+    """Every AWS call the code makes once enabled, with the function making it (a botocore hook)."""
 
     def __init__(self) -> None:
         self.enabled = False
         self.session: Any = None
-        self.calls: list[tuple[str, str, str]] = []
+        self.function: str | None = None
+        self.calls: list[Call] = []
 
     def switch(self, on: bool) -> None:
         """Record or not; the first time, hook the current default session and make clients anew.
@@ -159,57 +230,211 @@ class Recorder:
             clients.reset_clients()
         self.enabled = on
 
+    def add(self, service: str, action: str, resource: str, keys: tuple[str, ...] | None = None) -> None:
+        self.calls.append(
+            Call(self.function, service, action, ACCOUNT_ARN.format(service=service, resource=resource), keys)
+        )
+
     def __call__(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         if not self.enabled:
             return
         service = model.service_model.endpoint_prefix
         name = model.name
         if service == "dynamodb":
-            items: list[tuple[str, str]] = []
             if name == "TransactWriteItems":
-                kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem"}
+                kinds = {
+                    "Put": "PutItem",
+                    "Update": "UpdateItem",
+                    "Delete": "DeleteItem",
+                    "ConditionCheck": "ConditionCheckItem",
+                }
                 for entry in params["TransactItems"]:
                     ((kind, body),) = entry.items()
-                    items.append((kinds[kind], body["TableName"]))
-            elif name in ("BatchGetItem", "BatchWriteItem"):
-                items.extend((name, table) for table in params["RequestItems"])
+                    self.add(
+                        "dynamodb",
+                        kinds[kind],
+                        f"table/{body['TableName']}",
+                        partition_keys([body.get("Item") or body["Key"]]),
+                    )
+            elif name == "BatchWriteItem":
+                for table, requests in params["RequestItems"].items():
+                    items = [
+                        r["PutRequest"]["Item"] if "PutRequest" in r else r["DeleteRequest"]["Key"] for r in requests
+                    ]
+                    self.add("dynamodb", name, f"table/{table}", partition_keys(items))
+            elif name == "BatchGetItem":
+                for table, request in params["RequestItems"].items():
+                    self.add("dynamodb", name, f"table/{table}", partition_keys(request["Keys"]))
             else:
-                table = params["TableName"]
+                table = f"table/{params['TableName']}"
                 if "IndexName" in params:
                     table = f"{table}/index/{params['IndexName']}"
-                items.append((name, table))
-            for action, table in items:
-                self.calls.append(("dynamodb", action, f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}"))
+                item = params.get("Item") or params.get("Key")
+                self.add("dynamodb", name, table, partition_keys([item]) if item else None)
         elif service == "sqs":
             url = params.get("QueueUrl") or params.get("QueueName", "")
-            self.calls.append(("sqs", name, f"arn:aws:sqs:us-east-1:123456789012:{url.rsplit('/', 1)[-1]}"))
+            self.add("sqs", name, url.rsplit("/", 1)[-1])
 
 
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
+@contextmanager
+def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    """A recorder that knows which function runs: the API handler (the app itself) or an event handler."""
+    from app import app
+
     hook = Recorder()
-    yield hook
-    if hook.session is not None:
-        hook.session.events.unregister("before-parameter-build", hook)
+
+    def running(function: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            outer, hook.function = hook.function, function
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                hook.function = outer
+
+        return run
+
+    monkeypatch.setattr(type(app), "__call__", running("api_handler", type(app).__call__))
+    for name in FUNCTIONS:
+        if name != "api_handler":
+            monkeypatch.setitem(app.handler_map, name, running(name, app.handler_map[name]))
+    try:
+        yield hook
+    finally:
+        if hook.session is not None:
+            hook.session.events.unregister("before-parameter-build", hook)
 
 
-def test_policy_covers_every_call_the_code_makes(
-    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, recorder: Recorder
-) -> None:
-    """Run the real handlers over a full flow with the prod stage's names; every call must be allowed."""
-    monkeypatch.setenv("METERING_STAGE", "prod")
-    for env in ("METERING_EVENTS_TABLE", "METERING_ROLLUPS_TABLE", "METERING_CATALOG_TABLE"):
-        monkeypatch.delenv(env, raising=False)
-    monkeypatch.delenv("METERING_USAGE_QUEUE", raising=False)
-    monkeypatch.delenv("METERING_USAGE_DLQ", raising=False)
+@pytest.fixture(scope="module")
+def flow_calls() -> list[Call]:
+    """Every AWS call of a full flow through the real handlers with the prod stage's names."""
     from tests.e2e.flows import run_full_flow
 
-    seen = run_full_flow(recorder.switch)
+    with pytest.MonkeyPatch.context() as monkeypatch, recording(monkeypatch) as hook:
+        monkeypatch.setenv("METERING_STAGE", "prod")
+        for env in ("EVENTS_TABLE", "ROLLUPS_TABLE", "CATALOG_TABLE", "USAGE_QUEUE", "USAGE_DLQ"):
+            monkeypatch.delenv(f"METERING_{env}", raising=False)
+        seen = run_full_flow(hook.switch)
     assert seen["sweep"]["requeued"] == 1 and seen["drained_after_sweep"] == 1
-    statements = policy_statements(template)
-    assert recorder.calls, "the flow made no AWS calls"
-    denied = sorted({(a, r) for svc, a, r in recorder.calls if not allowed(statements, f"{svc}:{a}", r)})
-    assert denied == []
-    actions = {a for _, a, _ in recorder.calls}
-    assert {"PutItem", "UpdateItem", "DeleteItem", "Query", "Scan", "BatchGetItem", "BatchWriteItem"} <= actions
-    assert {"SendMessage", "GetQueueUrl"} <= actions
+    assert hook.calls, "the flow made no AWS calls"
+    # Outside every function, the flow only plays Lambda's SQS event source, which polls with the aggregator's role.
+    outside = {(c.service, c.action, c.resource) for c in hook.calls if c.function is None}
+    assert outside <= {("sqs", a.split(":")[1], queue_arn("usage")) for a in SQS_EVENT_SOURCE_ACTIONS}
+    return [c._replace(function=c.function or "aggregate_usage") for c in hook.calls]
+
+
+def queue_arn(name: str) -> str:
+    return ACCOUNT_ARN.format(service="sqs", resource=resource_name(QUEUES[name].base_name, "prod"))
+
+
+def table_arn(name: str) -> str:
+    return ACCOUNT_ARN.format(service="dynamodb", resource=f"table/{resource_name(TABLES[name].base_name, 'prod')}")
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_every_call_a_function_makes_is_allowed_by_its_own_role(
+    template: dict[str, Any], flow_calls: list[Call], function: str
+) -> None:
+    calls = {c for c in flow_calls if c.function == function}
+    assert calls, f"the flow never ran {function}"
+    statements = role_statements(template, function)
+    assert sorted(c for c in calls if not allowed(statements, c)) == []
+
+
+# Grants the full flow cannot exercise, each with the path that needs it.
+NOT_IN_FLOW = {
+    ("api_handler", "dynamodb:GetItem", "table/metering-events-prod"): "re-reading a slot after a write that failed",
+    ("aggregate_usage", "sqs:ReceiveMessage", "metering-usage-prod"): "Lambda's event source polls the queue",
+    ("aggregate_usage", "sqs:DeleteMessage", "metering-usage-prod"): "Lambda's event source deletes handled messages",
+    ("aggregate_usage", "sqs:GetQueueUrl", "metering-usage-dlq-prod"): "a poison message goes to the dead-letter queue",
+    ("aggregate_usage", "sqs:SendMessage", "metering-usage-dlq-prod"): "a poison message goes to the dead-letter queue",
+    (
+        "sweep_pending",
+        "sqs:GetQueueUrl",
+        "metering-usage-prod",
+    ): "in one process the API handler looked the URL up first",
+    ("reconcile_rollups", "dynamodb:UpdateItem", "table/metering-rollups-prod"): "repairing a rollup that drifted",
+}
+
+
+def granted(template: dict[str, Any], function: str) -> set[tuple[str, str]]:
+    """(action, resource ARN) pairs a function's role grants, its logs aside."""
+    return {
+        (action, render(resource))
+        for statement in role_statements(template, function)
+        if statement["Sid"] != "Logs"
+        for action in statement["Action"]
+        for resource in statement["Resource"]
+    }
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_every_grant_is_used_by_its_function(template: dict[str, Any], flow_calls: list[Call], function: str) -> None:
+    """Least privilege the other way: nothing is granted that the function's code does not call."""
+    used = {(f"{c.service}:{c.action}", c.resource) for c in flow_calls if c.function == function}
+    listed = {
+        (action, ACCOUNT_ARN.format(service=action.split(":")[0], resource=resource))
+        for fn, action, resource in NOT_IN_FLOW
+        if fn == function
+    }
+    grants_of = granted(template, function)
+    assert grants_of - used - listed == set()
+    assert listed <= grants_of  # the list names only real grants
+
+
+def test_no_function_can_change_or_delete_a_stored_event(template: dict[str, Any], flow_calls: list[Call]) -> None:
+    events = table_arn("events")
+    stored = {k for c in flow_calls if c.resource == events and c.action == "PutItem" for k in c.keys or ()}
+    event_keys = {k for k in stored if not k.startswith(PENDING_PREFIX)}
+    pending_keys = stored - event_keys
+    assert event_keys and pending_keys
+    for function in FUNCTIONS:
+        statements = role_statements(template, function)
+        for action in ("DeleteItem", "UpdateItem", "BatchWriteItem"):
+            for key in event_keys:
+                assert not allowed(statements, Call(function, "dynamodb", action, events, (key,)))
+            # one event among pending records is refused as a whole
+            mixed = (*sorted(pending_keys), *sorted(event_keys))
+            assert not allowed(statements, Call(function, "dynamodb", action, events, mixed))
+
+
+def test_only_the_aggregator_consumes_the_queue_and_feeds_the_dead_letter_queue(template: dict[str, Any]) -> None:
+    for function in FUNCTIONS:
+        statements = role_statements(template, function)
+        consumes = {
+            allowed(statements, Call(function, "sqs", action.split(":")[1], queue_arn("usage"), None))
+            for action in SQS_EVENT_SOURCE_ACTIONS
+        }
+        dead_letters = allowed(statements, Call(function, "sqs", "SendMessage", queue_arn("usage_dlq"), None))
+        assert consumes == {function == "aggregate_usage"}
+        assert dead_letters == (function == "aggregate_usage")
+
+
+def test_the_api_role_reads_no_table_whole_and_writes_no_rollup(template: dict[str, Any]) -> None:
+    statements = role_statements(template, "api_handler")
+    for table in TABLES:
+        assert not allowed(statements, Call("api_handler", "dynamodb", "Scan", table_arn(table), None))
+    for action in ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"):
+        assert not allowed(statements, Call("api_handler", "dynamodb", action, table_arn("rollups"), ("R#x",)))
+
+
+def test_api_stage_is_throttled_with_parameters_defaulting_per_stage(template: dict[str, Any]) -> None:
+    settings = template["Resources"]["RestAPI"]["Properties"]["MethodSettings"]
+    assert settings == [
+        {
+            "ResourcePath": "/*",
+            "HttpMethod": "*",
+            "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+            "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        }
+    ]
+    params = template["Parameters"]
+    prod = STAGE_THROTTLING["prod"]
+    assert (params["ApiThrottlingRateLimit"]["Default"], params["ApiThrottlingBurstLimit"]["Default"]) == (
+        prod.rate_limit,
+        prod.burst_limit,
+    )
+    for stage, expected in (("dev", STAGE_THROTTLING["dev"]), ("staging", DEFAULT_THROTTLING)):
+        merged = merge_template(stage)["Parameters"]
+        assert merged["ApiThrottlingRateLimit"]["Default"] == expected.rate_limit
+        assert merged["ApiThrottlingBurstLimit"]["Default"] == expected.burst_limit
+    assert prod.burst_limit >= prod.rate_limit
