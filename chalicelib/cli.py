@@ -26,6 +26,7 @@ from chalicelib.domain.auth import ALL_SCOPES, parse_scopes
 from chalicelib.domain.models import Organization, Workspace
 from chalicelib.services import catalog_admin
 from chalicelib.storage import clients
+from chalicelib.storage.catalog_repo import IdTakenError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +135,11 @@ def run(argv: Sequence[str] | None, container: Container | None = None) -> int:
         if repo.get_organization(args.org) is None:
             print(f"error: no organization {args.org}", file=sys.stderr)
             return 2
-        repo.put_workspace(Workspace(id=args.id, organization_id=args.org, name=args.name))
+        try:
+            repo.put_workspace(Workspace(id=args.id, organization_id=args.org, name=args.name))
+        except IdTakenError:
+            print(f"error: workspace id {args.id} belongs to another organization", file=sys.stderr)
+            return 2
         print(f"workspace {args.id} of {args.org}")
         return 0
     if args.action == "create":

@@ -33,6 +33,8 @@ EVENTS_ROLLED_UP = "EventsRolledUp"
 BATCHES_SWEPT = "BatchesSwept"
 ROLLUPS_REPAIRED = "RollupsRepaired"
 MESSAGES_DEAD_LETTERED = "MessagesDeadLettered"
+ROLLUP_UNITS_POISONED = "RollupUnitsPoisoned"
+RECONCILE_ITEMS_PLANNED = "ReconcileItemsPlanned"
 
 
 def count(name: str, value: int) -> None:

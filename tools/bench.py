@@ -47,7 +47,7 @@ from chalicelib.local.emulator import Emulator
 from chalicelib.local.runtime import make_context, sqs_event
 from chalicelib.services import catalog_admin
 from chalicelib.services.ingest import ingest
-from chalicelib.storage import clients
+from chalicelib.storage import clients, keys
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore
 from chalicelib.storage.rollups_repo import DynamoRollupStore
@@ -715,10 +715,10 @@ def measure_http_ingest() -> tuple[HttpRun, HttpRun, float, float]:
 def raw_item(i: int, run: str) -> dict[str, Any]:
     """An event-sized item (RAW_ITEM_BYTES by DynamoDB's rules) in the events table, indexed by by_line."""
     item: dict[str, Any] = {
-        "pk": {"S": f"EV#{ORG}#K#raw-{run}-{i:06d}"},
-        "sk": {"S": "EV"},
-        "gsi1pk": {"S": LINE},
-        "gsi1sk": {"S": f"2026-01-01#USAGE-26-{run}{i:06d}"},
+        "pk": {"S": keys.event_pk(ORG, f"K#raw-{run}-{i:06d}")},
+        "sk": {"S": keys.EVENT_SK},
+        "gsi1pk": {"S": keys.line_index_pk(ORG, LINE)},
+        "gsi1sk": {"S": keys.line_index_sk("2026-01-01", f"USAGE-26-{run}{i:06d}")},
         "quantity": {"N": str(quantity(i))},
         "payload": {"S": ""},
     }
@@ -1553,7 +1553,7 @@ the sizes and counts measured above.
   {rate:,} events/s in batches of {BATCH_SIZE}: {batches_per_s:,.0f} batches/s x
   {pending_units:.0f} write units (the put and the delete of a {pending_bytes:,.0f}-byte record)
   = {batches_per_s * pending_units:,.0f} units/s, {batches_per_s * pending_units / 8:,.0f} per shard.
-- **Rollups** (`R#<line>` / `D#<day>#<meter>`) are hot keys: every event of a line, meter and
+- **Rollups** (`R#<organization>#<line>` / `D#<day>#<meter>`) are hot keys: every event of a line, meter and
   day adds to one item. The aggregator coalesces: a transaction updates each distinct rollup
   key once, whatever the number of events in it. In the batch run above the busiest rollup
   item took {updates} update{"" if updates == 1 else "s"} for {batch.events:,} events

@@ -149,11 +149,24 @@ def grants(stage: str) -> dict[str, list[Grant]]:
             Grant("ReadRollups", dynamodb("Query"), (table("rollups"),)),
             Grant("SendUsage", SQS_SEND_ACTIONS, (queue("usage"),)),
         ],
-        # SQS aggregator: read the batch's events, apply rollups with their markers, clear pending records.
+        # SQS aggregator: read the batch's events, apply rollups with their markers, clear (or mark
+        # dead-lettered) pending records; and run reconciliation work items: a line's events, its
+        # batches' pending state, its rollups and markers, repairing drift.
         "aggregate_usage": [
-            Grant("ReadEvents", dynamodb("BatchGetItem"), (table("events"),)),
-            Grant("ClearPendingBatches", dynamodb("BatchWriteItem"), (table("events"),), pending_only=True),
-            Grant("ApplyRollups", dynamodb("PutItem", "UpdateItem"), (table("rollups"),)),
+            Grant("ReadEvents", dynamodb("BatchGetItem", "GetItem"), (table("events"),)),
+            Grant(
+                "SettlePendingBatches",
+                dynamodb("BatchWriteItem", "UpdateItem"),
+                (table("events"),),
+                pending_only=True,
+            ),
+            Grant("ListEvents", dynamodb("Query"), (index("events", "by_line"),)),
+            Grant(
+                "ApplyAndRepairRollups",
+                dynamodb("BatchGetItem", "PutItem", "Query", "UpdateItem"),
+                (table("rollups"),),
+            ),
+            Grant("FindHourRollups", dynamodb("Query"), (index("rollups", "by_period"),)),
             Grant("ConsumeUsage", SQS_EVENT_SOURCE_ACTIONS, (queue("usage"),)),
             Grant("DeadLetter", SQS_SEND_ACTIONS, (queue("usage_dlq"),)),
         ],
@@ -163,13 +176,12 @@ def grants(stage: str) -> dict[str, list[Grant]]:
             Grant("ClaimPendingBatch", dynamodb("UpdateItem"), (table("events"),), pending_only=True),
             Grant("SendUsage", SQS_SEND_ACTIONS, (queue("usage"),)),
         ],
-        # Reconciler: every service line, its events and pending state, its rollups; repair drift.
+        # Reconciliation planner: the next slice of service lines (a scan from its saved cursor),
+        # sent as work items through the usage queue.
         "reconcile_rollups": [
             Grant("ListServiceLines", dynamodb("Scan"), (table("catalog"),)),
-            Grant("ReadEvents", dynamodb("GetItem"), (table("events"),)),
-            Grant("ListEvents", dynamodb("Query"), (index("events", "by_line"),)),
-            Grant("RepairRollups", dynamodb("BatchGetItem", "Query", "UpdateItem"), (table("rollups"),)),
-            Grant("FindHourRollups", dynamodb("Query"), (index("rollups", "by_period"),)),
+            Grant("KeepCursor", dynamodb("GetItem", "PutItem"), (table("catalog"),)),
+            Grant("SendWorkItems", SQS_SEND_ACTIONS, (queue("usage"),)),
         ],
     }
 

@@ -213,9 +213,9 @@ def endpoint(
                 headers = {k.lower(): v for k, v in (request.headers or {}).items()}
                 principal = authenticate(container, headers.get("authorization"))
                 organization_id = principal.organization_id
-                container.limiter.check(principal.organization_id, container.clock())
-                if scope is not None and not principal.can(scope):
+                if scope is not None and not principal.can(scope):  # a refused call is not charged
                     raise MeteringError(ErrorCode.INSUFFICIENT_SCOPE, f"This operation needs the '{scope}' scope.")
+                container.limiter.check(principal.organization_id, container.clock())
                 call = Call(
                     request_id=request_id,
                     principal=principal,

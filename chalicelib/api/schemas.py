@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chalicelib.domain.models import Meter, Plan, PlanLimits, ProductLine, ServiceLine, Sla, UsageEvent, instant
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class QueryBase(BaseModel):
@@ -164,11 +167,13 @@ class ScopeQuery(QueryBase):
     from_: date | None = Field(default=None, alias="from", description="Period start (inclusive), YYYY-MM-DD.")
     to: date | None = Field(default=None, description="Period end (inclusive), YYYY-MM-DD.")
 
-    @model_validator(mode="after")
-    def _ordered(self) -> ScopeQuery:
-        if self.from_ is not None and self.to is not None and self.from_ > self.to:
-            raise ValueError("'from' must not be after 'to'")
-        return self
+    @field_validator("from_", "to", mode="before")
+    @classmethod
+    def _calendar_date(cls, value: Any) -> Any:
+        """Only YYYY-MM-DD: pydantic would read a number such as 0 as a Unix time (1970-01-01)."""
+        if value is not None and not (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
+            raise ValueError("must be a date in YYYY-MM-DD form")
+        return value
 
 
 class UsageQuery(ScopeQuery):

@@ -21,6 +21,8 @@ LATEST = date(9999, 12, 31)
 
 
 def _lines(call: Call, query: ScopeQuery) -> list[ServiceLine]:
+    if query.from_ is not None and query.to is not None and query.from_ > query.to:
+        raise validation_error("from", "must not be after 'to'")
     return queries.lines_in_scope(
         call.container.catalog,
         call.organization_id,
@@ -40,7 +42,14 @@ def list_usage(call: Call) -> Reply:
     secret = call.container.settings.cursor_secret
     position = cursors.decode(query.cursor, bound, secret) if query.cursor is not None else None
     page = queries.list_usage(
-        call.container.events, lines, query.from_ or EARLIEST, query.to or LATEST, query.limit, query.meter, position
+        call.container.events,
+        call.organization_id,
+        lines,
+        query.from_ or EARLIEST,
+        query.to or LATEST,
+        query.limit,
+        query.meter,
+        position,
     )
     cursor = cursors.encode(page.next_position, bound, secret) if page.next_position else None
     return Reply(
@@ -61,7 +70,7 @@ def usage_summary(call: Call) -> Reply:
         raise validation_error("from", "must not be after 'to' (which defaults to today)")
     start = query.from_ or end.replace(day=1)
     lines = _lines(call, query)
-    summary = queries.summarize(call.container.catalog, call.container.rollups, lines, start, end)
+    summary = queries.summarize(call.container.catalog, call.container.rollups, call.organization_id, lines, start, end)
     return Reply(
         {
             "data": {

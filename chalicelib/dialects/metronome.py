@@ -60,6 +60,7 @@ from chalicelib.api.http import Call, Reply, endpoint, parse_model
 from chalicelib.domain import cursors
 from chalicelib.domain.auth import USAGE_READ
 from chalicelib.domain.models import Meter, ServiceLine, UsageEvent
+from chalicelib.domain.money import exact_sum
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
 from chalicelib.services import queries
 from chalicelib.services.ports import CatalogRepository
@@ -380,16 +381,19 @@ def read_totals(call: Call, windows: Windows, line_ids: list[str], first: int, l
     _, hi = windows.bounds(last)
     rollups = call.container.rollups
     if windows.grain == "day":
-        raw = queries.daily_totals(rollups, line_ids, lo.date(), (hi - DAY).date())
+        raw = queries.daily_totals(rollups, call.organization_id, line_ids, lo.date(), (hi - DAY).date())
     else:
-        raw = queries.hourly_totals(rollups, line_ids, lo.strftime("%Y-%m-%dT%H"), hi.strftime("%Y-%m-%dT%H"))
+        raw = queries.hourly_totals(
+            rollups, call.organization_id, line_ids, lo.strftime("%Y-%m-%dT%H"), hi.strftime("%Y-%m-%dT%H")
+        )
     totals: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
     lines_by_meter: dict[str, set[str]] = defaultdict(set)
     for (line_id, meter, bucket), quantity in raw.items():
         moment = _bucket(windows.grain, bucket)
         if not lo <= moment < hi:
             continue
-        totals[(meter, windows.index_of(moment))] += quantity
+        k = (meter, windows.index_of(moment))
+        totals[k] = exact_sum((totals[k], quantity))
         lines_by_meter[meter].add(line_id)
     return RangeTotals(totals, lines_by_meter)
 
@@ -403,11 +407,13 @@ def group_text(value: Any) -> str:
     return str(value)
 
 
-def _line_events(events: DynamoEventStore, line_id: str, meter: str, start: date, end: date) -> Iterator[UsageEvent]:
+def _line_events(
+    events: DynamoEventStore, organization_id: str, line_id: str, meter: str, start: date, end: date
+) -> Iterator[UsageEvent]:
     """A line's events of one meter with start <= period_date <= end (the by_line index, filtered by meter)."""
     position: dict[str, Any] | None = None
     while True:
-        rows, position = events.query_line(line_id, start, end, position, limit=500, meter=meter)
+        rows, position = events.query_line(organization_id, line_id, start, end, position, limit=500, meter=meter)
         yield from (event for event, _ in rows)
         if not position:
             return
@@ -424,7 +430,9 @@ def read_groups(
     groups: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     read = 0
     for line_id in sorted(line_ids):
-        for event in _line_events(call.container.events, line_id, metric.meter.id, lo.date(), (hi - DAY).date()):
+        for event in _line_events(
+            call.container.events, call.organization_id, line_id, metric.meter.id, lo.date(), (hi - DAY).date()
+        ):
             read += 1
             if read > MAX_GROUP_EVENTS:
                 raise MeteringError(
@@ -439,7 +447,8 @@ def read_groups(
                 continue
             moment = datetime.combine(event.period_date, time(), UTC)
             if lo <= moment < hi:
-                groups[windows.index_of(moment)][text] += event.quantity
+                window = groups[windows.index_of(moment)]
+                window[text] = exact_sum((window[text], event.quantity))
     return groups
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chalicelib.api.http import Call, Reply, endpoint
 from chalicelib.domain.auth import ACCOUNTS_BILLING
 from chalicelib.domain.models import ServiceLine
+from chalicelib.domain.money import exact_sum
 from chalicelib.errors import ErrorCode, MeteringError
 from chalicelib.services.ports import CatalogRepository
 from chalicelib.services.queries import daily_totals
@@ -350,14 +351,16 @@ def usage_statistics(
         entity_of = {line.id: (line.id, line.name) for line in lines}
     sums: dict[tuple[date | None, str | None], list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     entity_names: dict[str | None, str | None] = {}
-    totals = daily_totals(rollups, _ids(lines), first, last)
+    totals = daily_totals(rollups, organization_id, _ids(lines), first, last)
     for (line_id, meter, period_date), quantity in totals.items():
         if meter not in (RUNS_COUNT_METER, RUNS_SECONDS_METER):
             continue
         entity_id, entity_name = entity_of.get(line_id, (None, None))
         entity_names[entity_id] = entity_name
         day = None if total else date.fromisoformat(period_date)
-        sums[(day, entity_id)][0 if meter == RUNS_COUNT_METER else 1] += quantity
+        pair = sums[(day, entity_id)]
+        slot = 0 if meter == RUNS_COUNT_METER else 1
+        pair[slot] = exact_sum((pair[slot], quantity))
     rows = [
         UsageRow(day, entity_id, entity_names[entity_id], count, seconds)
         for (day, entity_id), (count, seconds) in sums.items()

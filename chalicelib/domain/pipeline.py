@@ -1,4 +1,4 @@
-"""The message that carries an ingest batch from the event store to the aggregator."""
+"""The messages of the usage queue: ingest batches for the aggregator, and reconciliation work items."""
 
 from __future__ import annotations
 
@@ -23,3 +23,15 @@ class BatchMessage(BaseModel):
     created: str
     origin: Literal["ingest", "sweep"]
     events: list[tuple[str, str]] = Field(max_length=1000)
+
+
+class ReconcileMessage(BaseModel):
+    """A bounded piece of reconciliation: some service lines of one organization, over some period dates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    kind: Literal["reconcile"] = "reconcile"
+    org: str = Field(min_length=1, max_length=64)
+    lines: list[str] = Field(min_length=1, max_length=50)
+    days: list[str] = Field(min_length=1, max_length=7)

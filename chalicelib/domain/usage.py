@@ -13,6 +13,7 @@ from typing import Any
 
 import simplejson
 
+from chalicelib.domain.models import UsageEvent
 from chalicelib.errors import validation_error
 
 # Limits a caller meets (documented in the README).
@@ -88,17 +89,26 @@ def check_period_window(day: date, today: date, field: str) -> None:
         raise validation_error(field, f"must be at most {PERIOD_DAYS_FORWARD} day in the future")
 
 
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
 def check_timestamp(value: Any, now: datetime, field: str = "timestamp") -> datetime:
-    """An ISO-8601 timestamp with a zone, not in the future (5 min skew) nor past the late window."""
+    """An ISO-8601 timestamp with a zone (a bare date is that day's start in UTC), not in the future
+    (5 min skew) nor past the late window."""
     if not isinstance(value, str) or len(value) > 40:
         raise validation_error(field, "must be an ISO-8601 timestamp")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise validation_error(field, "must be an ISO-8601 timestamp") from None
+    if _DATE_ONLY.fullmatch(value):
+        parsed = parsed.replace(tzinfo=UTC)
     if parsed.tzinfo is None:
         raise validation_error(field, "must carry a time zone (for example Z)")
-    parsed = parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 or 9999-12-31T23:59:59-01:00 has no UTC instant
+        raise validation_error(field, "is out of range") from None
     if parsed > now + MAX_CLOCK_SKEW:
         raise validation_error(field, "must not be in the future")
     check_period_window(parsed.date(), now.date(), field)
@@ -227,8 +237,9 @@ def hour_of(moment: datetime) -> str:
 
 @dataclass(frozen=True, order=True)
 class RollupKey:
-    """One rollup: a day (by period_date) or an hour (by event time) of a line's meter."""
+    """One rollup: a day (by period_date) or an hour (by event time) of an organization's line's meter."""
 
+    organization_id: str
     service_line_id: str
     meter: str
     grain: str  # "D" or "H"
@@ -247,6 +258,7 @@ class CountableEvent:
     """What rolling up needs of an event."""
 
     id: str
+    organization_id: str
     service_line_id: str
     meter: str
     quantity: Decimal
@@ -254,10 +266,23 @@ class CountableEvent:
     hour: str
 
 
+def countable(event: UsageEvent) -> CountableEvent:
+    """What rolling up needs of a stored event."""
+    return CountableEvent(
+        id=event.id,
+        organization_id=event.organization_id,
+        service_line_id=event.service_line_id,
+        meter=event.meter,
+        quantity=event.quantity,
+        period_date=event.period_date.isoformat(),
+        hour=hour_of(event.event_time),
+    )
+
+
 def rollup_keys(event: CountableEvent) -> tuple[RollupKey, RollupKey]:
     return (
-        RollupKey(event.service_line_id, event.meter, "D", event.period_date),
-        RollupKey(event.service_line_id, event.meter, "H", event.period_date, event.hour),
+        RollupKey(event.organization_id, event.service_line_id, event.meter, "D", event.period_date),
+        RollupKey(event.organization_id, event.service_line_id, event.meter, "H", event.period_date, event.hour),
     )
 
 

@@ -9,9 +9,9 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from chalicelib.domain.models import UsageEvent
-from chalicelib.domain.pipeline import BatchMessage
-from chalicelib.domain.usage import CountableEvent, chunk_events, coalesce, hour_of
+from chalicelib.domain.pipeline import BatchMessage, ReconcileMessage
+from chalicelib.domain.usage import CountableEvent, chunk_events, coalesce, countable
+from chalicelib.services import reconcile
 from chalicelib.services.ingest import MessageQueue
 from chalicelib.storage.events_repo import DynamoEventStore, archive_slot
 from chalicelib.storage.rollups_repo import MAX_TRANSACTION_ACTIONS, ApplyUnit, DynamoRollupStore
@@ -37,6 +37,9 @@ class Delivery:
 class AggregateResult:
     failed: list[str] = field(default_factory=list)
     dead_lettered: list[str] = field(default_factory=list)
+    units_poisoned: int = 0
+    work_items: int = 0
+    rollups_repaired: int = 0
     events_applied: int = 0
     units_applied: int = 0
     units_already_applied: int = 0
@@ -45,17 +48,6 @@ class AggregateResult:
 
 class PoisonMessage(Exception):
     """A message that can never be applied: it goes to the dead-letter queue after a few tries."""
-
-
-def countable(event: UsageEvent) -> CountableEvent:
-    return CountableEvent(
-        id=event.id,
-        service_line_id=event.service_line_id,
-        meter=event.meter,
-        quantity=event.quantity,
-        period_date=event.period_date.isoformat(),
-        hour=hour_of(event.event_time),
-    )
 
 
 def plan_units(message: BatchMessage, events: DynamoEventStore) -> list[ApplyUnit]:
@@ -103,7 +95,26 @@ def aggregate(
     result = AggregateResult()
     units_of: dict[str, list[ApplyUnit]] = {}
     batch_of: dict[str, str] = {}
+    by_id = {delivery.message_id: delivery for delivery in deliveries}
+
+    def give_up_or_retry(delivery: Delivery, reason: str, batch_id: str | None) -> None:
+        """A message that failed for good: redelivered until its last delivery, then dead-lettered."""
+        if delivery.receive_count >= MAX_DELIVERIES:
+            log.error("dead-lettering message %s: %s", delivery.message_id, reason)
+            dead_letters.send(delivery.body, {"reason": reason[:256], "message_id": delivery.message_id})
+            if batch_id is not None:  # the sweeper must not send it round again; a redrive does
+                events.mark_dead_lettered(batch_id, now, reason[:256])
+            result.dead_lettered.append(delivery.message_id)
+        else:
+            log.warning("message %s failed (delivery %d): %s", delivery.message_id, delivery.receive_count, reason)
+            result.failed.append(delivery.message_id)
+
+    work: list[tuple[Delivery, ReconcileMessage]] = []
     for delivery in deliveries:
+        item = _work_item(delivery.body)
+        if item is not None:
+            work.append((delivery, item))
+            continue
         try:
             try:
                 message = BatchMessage.model_validate_json(delivery.body)
@@ -112,13 +123,7 @@ def aggregate(
             units_of[delivery.message_id] = plan_units(message, events)
             batch_of[delivery.message_id] = message.batch
         except PoisonMessage as poison:
-            if delivery.receive_count >= MAX_DELIVERIES:
-                log.error("dead-lettering message %s: %s", delivery.message_id, poison)
-                dead_letters.send(delivery.body, {"reason": str(poison)[:256], "message_id": delivery.message_id})
-                result.dead_lettered.append(delivery.message_id)
-            else:
-                log.warning("message %s failed (delivery %d): %s", delivery.message_id, delivery.receive_count, poison)
-                result.failed.append(delivery.message_id)
+            give_up_or_retry(delivery, str(poison), batch_of.get(delivery.message_id) or _batch_in(delivery.body))
     # Two messages of one batch in one invocation (a resent copy, the sweeper's next to the ingest's)
     # plan the same chunks: apply each (batch, chunk) once, never twice in one transaction.
     unique: dict[tuple[str, int], ApplyUnit] = {}
@@ -130,10 +135,42 @@ def aggregate(
     result.units_applied = len(report.applied)
     result.units_already_applied = len(report.already_applied)
     result.events_applied = sum(len(u.event_ids) for u in report.applied)
+    result.units_poisoned = len(report.poisoned)
     failed_batches = {u.batch_id for u in report.failed}
     failed = {mid for mid in units_of if batch_of[mid] in failed_batches}
     result.failed.extend(sorted(failed))
+    # A unit that fails alone, every time, holds back only its own batch's messages.
+    poison_of = {unit.batch_id: reason for unit, reason in report.poisoned}
+    poisoned = {mid for mid in units_of if mid not in failed and batch_of[mid] in poison_of}
+    for mid in sorted(poisoned):
+        give_up_or_retry(by_id[mid], f"rollup cannot be applied: {poison_of[batch_of[mid]]}", batch_of[mid])
     # Every chunk of these batches is in the rollups now: their pending records can go.
-    done = {batch_of[mid] for mid in units_of if mid not in failed}
+    done = {batch_of[mid] for mid in units_of if mid not in failed and mid not in poisoned}
     events.delete_pending_many(done)
+    for delivery, item in work:
+        try:
+            checked = reconcile.run_item(item, events, rollups, now)
+        except Exception as exc:  # one work item's failure (a throttle, a bug) retries it alone
+            give_up_or_retry(delivery, f"reconciliation failed: {type(exc).__name__}: {exc}", None)
+            continue
+        result.work_items += 1
+        result.rollups_repaired += len(checked.repaired)
     return result
+
+
+def _work_item(body: str) -> ReconcileMessage | None:
+    """A reconciliation work item, if that is what the message is (they share the usage queue)."""
+    if '"kind":"reconcile"' not in body:
+        return None
+    try:
+        return ReconcileMessage.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def _batch_in(body: str) -> str | None:
+    """The batch id of a message body that may not be a valid message."""
+    try:
+        return BatchMessage.model_validate_json(body).batch
+    except ValidationError:
+        return None

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from chalicelib.domain.models import ServiceLine, UsageEvent
-from chalicelib.domain.money import round_money
+from chalicelib.domain.money import exact_sum, line_cost, round_money
 from chalicelib.errors import ErrorCode, MeteringError
 from chalicelib.services.ports import CatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore
@@ -58,6 +58,7 @@ class UsagePage:
 
 def list_usage(
     events: DynamoEventStore,
+    organization_id: str,
     lines: list[ServiceLine],
     start: date,
     end: date,
@@ -76,13 +77,18 @@ def list_usage(
         if position.get("l") not in line_ids or not isinstance(position.get("k"), dict):
             raise MeteringError(ErrorCode.INVALID_CURSOR, field="cursor")
         first = line_ids.index(position["l"])
-        resume = {k: {"S": str(v)} for k, v in position["k"].items()}
+        resume = {k: {"S": v} for k, v in position["k"].items()}
     found: list[tuple[str, UsageEvent, dict[str, Any]]] = []
     for line_id in line_ids[first:]:
         start_key = resume
         resume = None
         while len(found) <= limit:
-            rows, last = events.query_line(line_id, start, end, start_key, limit=limit + 1 - len(found), meter=meter)
+            try:
+                rows, last = events.query_line(
+                    organization_id, line_id, start, end, start_key, limit=limit + 1 - len(found), meter=meter
+                )
+            except ValueError:  # a start key that is not this line's: a cursor we did not issue
+                raise MeteringError(ErrorCode.INVALID_CURSOR, field="cursor") from None
             found.extend((line_id, event, key) for event, key in rows)
             if last is None:
                 break
@@ -98,57 +104,62 @@ def list_usage(
 
 
 def daily_totals(
-    rollups: DynamoRollupStore, line_ids: Iterable[str], start: date, end: date
+    rollups: DynamoRollupStore, organization_id: str, line_ids: Iterable[str], start: date, end: date
 ) -> dict[tuple[str, str, str], Decimal]:
-    """Quantity per (line, meter, period_date) from day rollups, start <= period_date <= end."""
+    """Quantity per (line, meter, period_date) of an organization's lines from day rollups."""
     totals: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
     for line_id in line_ids:
-        for row in rollups.day_rollups(line_id, start, end):
-            totals[(line_id, row.key.meter, row.key.period_date)] += row.quantity
+        for row in rollups.day_rollups(organization_id, line_id, start, end):
+            k = (line_id, row.key.meter, row.key.period_date)
+            totals[k] = exact_sum((totals[k], row.quantity))
     return totals
 
 
 def hourly_totals(
-    rollups: DynamoRollupStore, line_ids: Iterable[str], start_hour: str, end_hour: str
+    rollups: DynamoRollupStore, organization_id: str, line_ids: Iterable[str], start_hour: str, end_hour: str
 ) -> dict[tuple[str, str, str], Decimal]:
-    """Quantity per (line, meter, hour) from hour rollups, start_hour <= hour < end_hour."""
+    """Quantity per (line, meter, hour) of an organization's lines from hour rollups, start_hour <= hour < end_hour."""
     totals: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
     for line_id in line_ids:
-        for row in rollups.hour_rollups(line_id, start_hour, end_hour):
-            totals[(line_id, row.key.meter, row.key.hour)] += row.quantity
+        for row in rollups.hour_rollups(organization_id, line_id, start_hour, end_hour):
+            k = (line_id, row.key.meter, row.key.hour)
+            totals[k] = exact_sum((totals[k], row.quantity))
     return totals
 
 
-def _summary_currency(catalog: CatalogRepository, lines: list[ServiceLine]) -> str:
+def _summary_currency(catalog: CatalogRepository, organization_id: str, lines: list[ServiceLine]) -> str:
     """The currency of the total: the organization's plan's, else its lines' (USD when it has none)."""
-    if lines:
-        plan = catalog.get_organization_plan(lines[0].organization_id)
-        if plan is not None:
-            return plan.currency
-        return lines[0].currency
-    return "USD"
+    plan = catalog.get_organization_plan(organization_id)
+    if plan is not None:
+        return plan.currency
+    return lines[0].currency if lines else "USD"
 
 
 def summarize(
-    catalog: CatalogRepository, rollups: DynamoRollupStore, lines: list[ServiceLine], start: date, end: date
+    catalog: CatalogRepository,
+    rollups: DynamoRollupStore,
+    organization_id: str,
+    lines: list[ServiceLine],
+    start: date,
+    end: date,
 ) -> dict[str, Any]:
     """Usage and cost per service line from day rollups; cost = rate x quantity, rounded at the edge.
 
     The total adds only lines billed in the summary's currency; each line states its own.
     """
     units = {m.id: m.unit for m in catalog.list_meters()}
-    totals = daily_totals(rollups, (line.id for line in lines), start, end)
-    currency = _summary_currency(catalog, lines)
+    totals = daily_totals(rollups, organization_id, (line.id for line in lines), start, end)
+    currency = _summary_currency(catalog, organization_id, lines)
     by_line = []
-    total_cost = Decimal(0)
+    costs_in_currency: list[Decimal] = []
     for line in lines:
         quantities: dict[str, Decimal] = defaultdict(Decimal)
         for (line_id, meter, _), quantity in totals.items():
             if line_id == line.id:
-                quantities[meter] += quantity
-        cost = sum((line.rates.get(m, Decimal(0)) * q for m, q in quantities.items()), Decimal(0))
+                quantities[meter] = exact_sum((quantities[meter], quantity))
+        cost = line_cost(line.rates, quantities)
         if line.currency == currency:  # amounts in another currency are never added in
-            total_cost += cost
+            costs_in_currency.append(cost)
         by_line.append(
             {
                 "service_line_id": line.id,
@@ -163,7 +174,7 @@ def summarize(
             }
         )
     return {
-        "total_cost_estimate": round_money(total_cost, currency),
+        "total_cost_estimate": round_money(exact_sum(costs_in_currency), currency),
         "currency": currency,
         "by_service_line": by_line,
     }

@@ -1,5 +1,12 @@
 """Reconciliation: recompute recent rollups from raw events and repair any drift.
 
+The work is split so that no run grows with the platform: a scheduled planner
+walks the catalog's service lines from where its last run stopped (a saved scan
+cursor, at most PLAN_LINES_PER_RUN lines a run) and sends work items through the
+usage queue, each at most LINES_PER_ITEM lines of one organization over the
+recent period dates; the aggregator's invocations run them. The arithmetic of
+how soon every line is reconciled is in docs/architecture.md.
+
 For each (service line, period_date): read the rollups first, then the raw
 events and which of them the aggregator has counted (a batch with no pending
 record is wholly counted; a pending one, as far as its markers say). A
@@ -19,8 +26,9 @@ from decimal import Decimal
 from typing import Any
 
 from chalicelib.domain.models import UsageEvent, instant
-from chalicelib.domain.usage import RollupDelta, RollupKey, coalesce
-from chalicelib.services.aggregate import countable
+from chalicelib.domain.pipeline import ReconcileMessage
+from chalicelib.domain.usage import RollupDelta, RollupKey, coalesce, countable
+from chalicelib.services.ingest import MessageQueue
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore
 from chalicelib.storage.rollups_repo import DynamoRollupStore, Rollup
@@ -29,6 +37,10 @@ log = logging.getLogger("usage-metering.reconcile")
 
 RECENT_DAYS = 3
 QUIET_PERIOD = timedelta(minutes=2)
+PLAN_LINES_PER_RUN = 2000
+PLAN_PAGES_PER_RUN = 8  # scan pages a run reads at most (a page reads at most PLAN_LINES_PER_RUN items)
+LINES_PER_ITEM = 10
+PLANNER_JOB = "reconcile-planner"
 
 
 @dataclass
@@ -61,13 +73,74 @@ def reconcile(
     today = now.date()
     for line in catalog.all_service_lines():
         for offset in range(days):
-            reconcile_line_day(line.id, today - timedelta(days=offset), events, rollups, now, quiet, report)
+            reconcile_line_day(
+                line.organization_id, line.id, today - timedelta(days=offset), events, rollups, now, quiet, report
+            )
     if report.repaired:
         log.warning("reconciliation repaired %d rollups", len(report.repaired))
     return report
 
 
+@dataclass
+class PlanReport:
+    lines: int = 0
+    items_sent: int = 0
+    cycle_complete: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lines": self.lines, "work_items": self.items_sent, "cycle_complete": self.cycle_complete}
+
+
+def plan(
+    catalog: DynamoCatalogRepository,
+    queue: MessageQueue,
+    now: datetime,
+    days: int = RECENT_DAYS,
+    max_lines: int | None = None,
+) -> PlanReport:
+    """Send work items for the next lines after the saved cursor (a bounded slice of the catalog)."""
+    max_lines = max_lines or PLAN_LINES_PER_RUN
+    report = PlanReport()
+    cursor = catalog.get_job_cursor(PLANNER_JOB)
+    period = [(now.date() - timedelta(days=offset)).isoformat() for offset in range(days)]
+    for _ in range(PLAN_PAGES_PER_RUN):
+        if report.lines >= max_lines:
+            break
+        lines, cursor = catalog.service_lines_page(cursor, max_lines - report.lines)
+        report.lines += len(lines)
+        by_org: dict[str, list[str]] = defaultdict(list)
+        for line in lines:
+            by_org[line.organization_id].append(line.id)
+        for org, ids in sorted(by_org.items()):
+            for start in range(0, len(ids), LINES_PER_ITEM):
+                item = ReconcileMessage(org=org, lines=ids[start : start + LINES_PER_ITEM], days=period)
+                queue.send(item.model_dump_json())
+                report.items_sent += 1
+        if cursor is None:
+            report.cycle_complete = True
+            break
+    catalog.put_job_cursor(PLANNER_JOB, cursor, instant(now))
+    return report
+
+
+def run_item(
+    item: ReconcileMessage,
+    events: DynamoEventStore,
+    rollups: DynamoRollupStore,
+    now: datetime,
+    quiet: timedelta = QUIET_PERIOD,
+    report: ReconcileReport | None = None,
+) -> ReconcileReport:
+    """Reconcile one work item's lines over its period dates."""
+    report = report or ReconcileReport()
+    for line_id in item.lines:
+        for day in item.days:
+            reconcile_line_day(item.org, line_id, date.fromisoformat(day), events, rollups, now, quiet, report)
+    return report
+
+
 def reconcile_line_day(
+    organization_id: str,
     line_id: str,
     day: date,
     events: DynamoEventStore,
@@ -76,13 +149,13 @@ def reconcile_line_day(
     quiet: timedelta,
     report: ReconcileReport,
 ) -> None:
-    observed: dict[RollupKey, Rollup] = {r.key: r for r in rollups.rollups_of_period(line_id, day)}
+    observed: dict[RollupKey, Rollup] = {r.key: r for r in rollups.rollups_of_period(organization_id, line_id, day)}
     recent = instant(now - quiet)
     if any(r.updated_at > recent for r in observed.values()):
         report.skipped_recent += 1
         return
     by_batch: dict[str, list[UsageEvent]] = defaultdict(list)
-    for event in events.iter_line(line_id, day, day):
+    for event in events.iter_line(organization_id, line_id, day, day):
         by_batch[event.batch_id].append(event)
     counted: list[UsageEvent] = []
     for batch_id, batch_events in by_batch.items():

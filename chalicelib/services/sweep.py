@@ -1,4 +1,8 @@
-"""The sweeper: re-enqueue batches still pending after a grace period (a failed enqueue, a dead worker)."""
+"""The sweeper: re-enqueue batches still pending after a grace period (a failed enqueue, a dead worker).
+
+A batch whose message was dead-lettered stays pending (its events are accepted but not all rolled
+up) and is left alone: it waits in the dead-letter queue for an operator's redrive.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +24,16 @@ PENDING_GRACE = timedelta(minutes=5)
 @dataclass
 class SweepReport:
     pending_seen: int = 0
+    dead_lettered: int = 0
     requeued: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {"pending_seen": self.pending_seen, "requeued": len(self.requeued), "batches": self.requeued[:50]}
+        return {
+            "pending_seen": self.pending_seen,
+            "dead_lettered": self.dead_lettered,
+            "requeued": len(self.requeued),
+            "batches": self.requeued[:50],
+        }
 
 
 def sweep(
@@ -33,6 +43,9 @@ def sweep(
     report = SweepReport()
     for batch in events.pending_before("B" + ulid_floor(now - grace)):
         report.pending_seen += 1
+        if batch.dead_lettered_at is not None:
+            report.dead_lettered += 1
+            continue
         if batch.last_enqueued_at is not None and now - batch.last_enqueued_at < grace:
             continue
         if not events.claim_for_requeue(batch.batch_id, now, now - grace):

@@ -3,11 +3,14 @@
 Layout (pk / sk):
 - ``METER`` / ``<meter id>``, ``PLAN`` / ``<plan id>``: the platform catalog (small, cached).
 - ``ORG#<id>`` / ``ORG``, ``WS#<id>``, ``LIN#<id>``, ``SUB#<plan id>``: an organization's own items.
+- ``ID#<id>`` / ``ID``: the guard of a workspace or service-line id, naming its organization; written in
+  the same transaction as the item, so no id is ever held by two organizations.
 - ``KEY#<sha256>`` / ``KEY``: an API key by its hash; ``KEYID#<key id>`` / ``KEY`` points back to it.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,12 +21,36 @@ from botocore.exceptions import ClientError
 from chalicelib.domain.models import ApiKey, Meter, Organization, Plan, ServiceLine, Workspace
 from chalicelib.storage import clients
 from chalicelib.storage.codec import from_item, key, to_item
+from chalicelib.storage.keys import (
+    ACTIVE_LINES_SK,
+    API_KEY_SK,
+    ID_GUARD_SK,
+    JOB_CURSOR_SK,
+    ORG_SK,
+    api_calls_sk,
+    api_key_pk,
+    api_key_ref_pk,
+    id_guard_pk,
+    job_pk,
+    line_sk,
+    org_pk,
+    plan_subscription_sk,
+    workspace_sk,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 T = TypeVar("T")
 _CACHE_SECONDS = 60.0
+
+
+class IdTakenError(Exception):
+    """A workspace or service-line id that another organization already holds."""
+
+    def __init__(self, generated_id: str) -> None:
+        super().__init__(f"the id {generated_id} belongs to another organization")
+        self.generated_id = generated_id
 
 
 class DynamoCatalogRepository:
@@ -106,7 +133,7 @@ class DynamoCatalogRepository:
         """An organization (cached for a minute per process, like the plans it points to)."""
 
         def load() -> Organization | None:
-            item = self._get(f"ORG#{organization_id}", "ORG")
+            item = self._get(org_pk(organization_id), ORG_SK)
             return Organization.model_validate(self._strip(item)) if item else None
 
         return self._cached(f"org:{organization_id}", load)
@@ -117,16 +144,40 @@ class DynamoCatalogRepository:
         return self.get_plan(org.plan_id) if org else None
 
     def list_workspaces(self, organization_id: str) -> list[Workspace]:
-        items = self._query(f"ORG#{organization_id}", "WS#")
+        items = self._query(org_pk(organization_id), workspace_sk(""))
         return sorted((Workspace.model_validate(self._strip(i)) for i in items), key=lambda w: w.id)
 
     def list_service_lines(self, organization_id: str) -> list[ServiceLine]:
-        items = self._query(f"ORG#{organization_id}", "LIN#")
+        items = self._query(org_pk(organization_id), line_sk(""))
         return sorted((ServiceLine.model_validate(self._strip(i)) for i in items), key=lambda s: s.id)
 
     def get_service_line(self, organization_id: str, line_id: str) -> ServiceLine | None:
-        item = self._get(f"ORG#{organization_id}", f"LIN#{line_id}")
+        item = self._get(org_pk(organization_id), line_sk(line_id))
         return ServiceLine.model_validate(self._strip(item)) if item else None
+
+    def service_lines_page(
+        self, start: dict[str, Any] | None, limit: int
+    ) -> tuple[list[ServiceLine], dict[str, Any] | None]:
+        """Up to about `limit` service lines of every organization from `start` (a scan page; jobs only)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "kind = :kind",
+            "ExpressionAttributeValues": {":kind": {"S": "service_line"}},
+            "Limit": limit,
+        }
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        page = self.client.scan(**kwargs)
+        lines = [ServiceLine.model_validate(self._strip(from_item(i))) for i in page.get("Items", [])]
+        return lines, page.get("LastEvaluatedKey")
+
+    def get_job_cursor(self, job: str) -> dict[str, Any] | None:
+        """Where a paged job stopped last time (None: start from the beginning)."""
+        item = self._get(job_pk(job), JOB_CURSOR_SK)
+        return json.loads(item["cursor"]) if item and item.get("cursor") else None
+
+    def put_job_cursor(self, job: str, cursor: dict[str, Any] | None, at: str) -> None:
+        self._put(job_pk(job), JOB_CURSOR_SK, "job", {"cursor": json.dumps(cursor) if cursor else "", "at": at})
 
     def all_service_lines(self) -> list[ServiceLine]:
         """Every service line of every organization (a scan of the small catalog table; jobs only)."""
@@ -144,7 +195,7 @@ class DynamoCatalogRepository:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get_api_key(self, key_hash: str) -> ApiKey | None:
-        item = self._get(f"KEY#{key_hash}", "KEY")
+        item = self._get(api_key_pk(key_hash), API_KEY_SK)
         return ApiKey.model_validate(self._strip(item)) if item else None
 
     # -- writing (catalog loading, the key command) ---------------------------
@@ -160,28 +211,67 @@ class DynamoCatalogRepository:
         self.clear_cache()
 
     def put_organization(self, org: Organization) -> None:
-        self._put(f"ORG#{org.id}", "ORG", "organization", org.model_dump(mode="json"))
+        self._put(org_pk(org.id), ORG_SK, "organization", org.model_dump(mode="json"))
         self._put(
-            f"ORG#{org.id}",
-            f"SUB#{org.plan_id}",
+            org_pk(org.id),
+            plan_subscription_sk(org.plan_id),
             "subscription",
             {"organization_id": org.id, "plan_id": org.plan_id, "status": "active"},
         )
         self.clear_cache()
 
+    def _guard(self, generated_id: str, organization_id: str, kind: str, new: bool) -> dict[str, Any]:
+        """The Put of an id's guard: only if the id is free (new), or free or already this organization's."""
+        condition = "attribute_not_exists(pk)" if new else "attribute_not_exists(pk) OR organization_id = :org"
+        put: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Item": to_item(
+                {
+                    "pk": id_guard_pk(generated_id),
+                    "sk": ID_GUARD_SK,
+                    "kind": f"{kind}_id",
+                    "organization_id": organization_id,
+                }
+            ),
+            "ConditionExpression": condition,
+        }
+        if not new:
+            put["ExpressionAttributeValues"] = to_item({":org": organization_id})
+        return {"Put": put}
+
+    def _put_guarded(self, generated_id: str, organization_id: str, sk: str, kind: str, values: dict[str, Any]) -> None:
+        """Create or update an organization's item whose id must be globally unique (IdTakenError if not)."""
+        item = to_item({"pk": org_pk(organization_id), "sk": sk, "kind": kind, **values})
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    self._guard(generated_id, organization_id, kind, new=False),  # type: ignore[list-item]
+                    {"Put": {"TableName": self.table_name, "Item": item}},
+                ]
+            )
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "TransactionCanceledException":
+                raise IdTakenError(generated_id) from None
+            raise
+
+    def get_id_owner(self, generated_id: str) -> str | None:
+        """The organization a workspace or service-line id belongs to, if any."""
+        item = self._get(id_guard_pk(generated_id), ID_GUARD_SK)
+        return str(item["organization_id"]) if item else None
+
     def put_workspace(self, ws: Workspace) -> None:
-        self._put(f"ORG#{ws.organization_id}", f"WS#{ws.id}", "workspace", ws.model_dump(mode="json"))
+        self._put_guarded(ws.id, ws.organization_id, workspace_sk(ws.id), "workspace", ws.model_dump(mode="json"))
 
     def put_service_line(self, line: ServiceLine) -> None:
         values = line.model_dump(mode="python")
         values["created_at"] = line.created_at.isoformat()
-        self._put(f"ORG#{line.organization_id}", f"LIN#{line.id}", "service_line", values)
+        self._put_guarded(line.id, line.organization_id, line_sk(line.id), "service_line", values)
 
     # -- service lines under the plan's active-line limit ------------------------
     def _counter_update(self, organization_id: str, delta: int, limit: int | None) -> dict[str, Any]:
         update: dict[str, Any] = {
             "TableName": self.table_name,
-            "Key": key(f"ORG#{organization_id}", "COUNTER#active_service_lines"),
+            "Key": key(org_pk(organization_id), ACTIVE_LINES_SK),
             "UpdateExpression": "ADD active :d",
             "ExpressionAttributeValues": {":d": {"N": str(delta)}},
         }
@@ -191,13 +281,14 @@ class DynamoCatalogRepository:
         return update
 
     def create_service_line(self, line: ServiceLine, active_limit: int | None) -> str | None:
-        """Store a new active line and count it against the limit, atomically.
+        """Store a new active line, its id's guard and its count against the limit, atomically.
 
-        Returns None when stored, "limit" when the plan's limit is reached, "exists" when the id is taken.
+        Returns None when stored, "limit" when the plan's limit is reached, "exists" when the id is taken
+        (by this organization or any other).
         """
         values = line.model_dump(mode="python")
         values["created_at"] = line.created_at.isoformat()
-        item = to_item({"pk": f"ORG#{line.organization_id}", "sk": f"LIN#{line.id}", "kind": "service_line", **values})
+        item = to_item({"pk": org_pk(line.organization_id), "sk": line_sk(line.id), "kind": "service_line", **values})
         try:
             self.client.transact_write_items(
                 TransactItems=[
@@ -209,6 +300,7 @@ class DynamoCatalogRepository:
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     },
+                    self._guard(line.id, line.organization_id, "service_line", new=True),  # type: ignore[list-item]
                 ]
             )
             return None
@@ -216,10 +308,11 @@ class DynamoCatalogRepository:
             reasons = err.response.get("CancellationReasons", [])  # type: ignore[typeddict-item]
             if err.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                return "limit"
-            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
+            failed = [i for i, reason in enumerate(reasons) if reason.get("Code") == "ConditionalCheckFailed"]
+            if 1 in failed or 2 in failed:
                 return "exists"
+            if 0 in failed:
+                return "limit"
             raise
 
     def set_service_line_status(
@@ -234,7 +327,7 @@ class DynamoCatalogRepository:
                     {
                         "Update": {
                             "TableName": self.table_name,
-                            "Key": key(f"ORG#{organization_id}", f"LIN#{line_id}"),
+                            "Key": key(org_pk(organization_id), line_sk(line_id)),
                             "UpdateExpression": "SET #s = :new",
                             "ConditionExpression": "attribute_exists(pk) AND #s <> :new",
                             "ExpressionAttributeNames": {"#s": "status"},
@@ -257,19 +350,19 @@ class DynamoCatalogRepository:
     def recount_active_lines(self, organization_id: str) -> int:
         """Reset the active-line counter from the lines themselves (catalog loading only)."""
         active = sum(1 for line in self.list_service_lines(organization_id) if line.status == "active")
-        self._put(f"ORG#{organization_id}", "COUNTER#active_service_lines", "counter", {"active": active})
+        self._put(org_pk(organization_id), ACTIVE_LINES_SK, "counter", {"active": active})
         return active
 
     # -- API calls per organization and month -----------------------------------
     def get_api_calls(self, organization_id: str, month: str) -> int:
-        item = self._get(f"ORG#{organization_id}", f"CALLS#{month}")
+        item = self._get(org_pk(organization_id), api_calls_sk(month))
         return int(item["calls"]) if item else 0
 
     def add_api_calls(self, organization_id: str, month: str, calls: int) -> int:
         """Add to an organization's call count for a month; returns the new total."""
         response = self.client.update_item(
             TableName=self.table_name,
-            Key=key(f"ORG#{organization_id}", f"CALLS#{month}"),
+            Key=key(org_pk(organization_id), api_calls_sk(month)),
             UpdateExpression="ADD calls :n",
             ExpressionAttributeValues={":n": {"N": str(calls)}},
             ReturnValues="UPDATED_NEW",
@@ -278,16 +371,16 @@ class DynamoCatalogRepository:
 
     def put_api_key(self, api_key: ApiKey) -> None:
         values = api_key.model_dump(mode="json")
-        self._put(f"KEY#{api_key.key_hash}", "KEY", "api_key", values)
-        self._put(f"KEYID#{api_key.key_id}", "KEY", "api_key_ref", {"key_hash": api_key.key_hash})
+        self._put(api_key_pk(api_key.key_hash), API_KEY_SK, "api_key", values)
+        self._put(api_key_ref_pk(api_key.key_id), API_KEY_SK, "api_key_ref", {"key_hash": api_key.key_hash})
 
     def revoke_api_key(self, key_id: str) -> bool:
-        ref = self._get(f"KEYID#{key_id}", "KEY")
+        ref = self._get(api_key_ref_pk(key_id), API_KEY_SK)
         if ref is None:
             return False
         self.client.update_item(
             TableName=self.table_name,
-            Key=key(f"KEY#{ref['key_hash']}", "KEY"),
+            Key=key(api_key_pk(ref["key_hash"]), API_KEY_SK),
             UpdateExpression="SET #s = :revoked",
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames={"#s": "status"},

@@ -6,8 +6,8 @@ Events (pk / sk = ``EV``):
 - ``EV#<org>#I#<event id>``: an event accepted without a key.
 - ``EV#<org>#A#<event id>``: an event whose key was reused after the 48-hour
   window, moved aside (in one transaction with its replacement).
-Every event carries ``gsi1pk`` = service line and ``gsi1sk`` = period_date#id,
-which the ``by_line`` index lists.
+Every event carries ``gsi1pk`` = organization#service line and ``gsi1sk`` =
+period_date#id, which the ``by_line`` index lists (key formats: ``storage/keys.py``).
 
 Pending batches (pk ``PENDING#<shard>``, sk = batch id, time-ordered): written
 before a batch's events, deleted in the transaction that rolls the batch up,
@@ -27,24 +27,23 @@ from botocore.exceptions import ClientError
 from chalicelib.domain.models import UsageEvent, instant
 from chalicelib.storage import clients
 from chalicelib.storage.codec import from_item, key, to_item, to_value
+from chalicelib.storage.keys import (
+    EVENT_SK,
+    archive_slot,
+    event_pk,
+    event_pk_prefix,
+    line_index_pk,
+    line_index_sk,
+    pending_pk,
+    slot_for,
+)
+
+__all__ = ["DynamoEventStore", "PendingBatch", "PutOutcome", "archive_slot", "event_pk", "slot_for"]
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 PENDING_SHARDS = 8
-
-
-def event_pk(organization_id: str, slot: str) -> str:
-    return f"EV#{organization_id}#{slot}"
-
-
-def slot_for(idempotency_key: str | None, event_id: str) -> str:
-    """Where an event lives: under its idempotency key, or its id when it has none."""
-    return f"K#{idempotency_key}" if idempotency_key is not None else f"I#{event_id}"
-
-
-def archive_slot(event_id: str) -> str:
-    return f"A#{event_id}"
 
 
 def pending_shard(batch_id: str) -> int:
@@ -60,19 +59,20 @@ class PendingBatch:
     created_at: datetime
     events: tuple[tuple[str, str], ...]
     last_enqueued_at: datetime | None = None
+    dead_lettered_at: datetime | None = None
 
 
 def event_to_item(event: UsageEvent, slot: str) -> dict[str, Any]:
     values = event.model_dump(mode="python")
     values.update(
         pk=event_pk(event.organization_id, slot),
-        sk="EV",
+        sk=EVENT_SK,
         slot=slot,
         period_date=event.period_date.isoformat(),
         event_time=instant(event.event_time),
         recorded_at=instant(event.recorded_at),
-        gsi1pk=event.service_line_id,
-        gsi1sk=f"{event.period_date.isoformat()}#{event.id}",
+        gsi1pk=line_index_pk(event.organization_id, event.service_line_id),
+        gsi1sk=line_index_sk(event.period_date.isoformat(), event.id),
     )
     return to_item(values)
 
@@ -151,7 +151,7 @@ class DynamoEventStore:
 
     def get(self, organization_id: str, slot: str) -> UsageEvent | None:
         item = self.client.get_item(
-            TableName=self.table_name, Key=key(event_pk(organization_id, slot), "EV"), ConsistentRead=True
+            TableName=self.table_name, Key=key(event_pk(organization_id, slot), EVENT_SK), ConsistentRead=True
         ).get("Item")
         return event_from_item(item) if item else None
 
@@ -160,7 +160,7 @@ class DynamoEventStore:
         wanted = list(dict.fromkeys(slots))
         found: dict[str, UsageEvent] = {}
         for start in range(0, len(wanted), 100):
-            keys = [key(event_pk(organization_id, s), "EV") for s in wanted[start : start + 100]]
+            keys = [key(event_pk(organization_id, s), EVENT_SK) for s in wanted[start : start + 100]]
             request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
             while request:
                 response = self.client.batch_get_item(RequestItems=request)
@@ -171,6 +171,7 @@ class DynamoEventStore:
 
     def query_line(
         self,
+        organization_id: str,
         line_id: str,
         start: date,
         end: date,
@@ -178,18 +179,21 @@ class DynamoEventStore:
         limit: int = 100,
         meter: str | None = None,
     ) -> tuple[list[tuple[UsageEvent, dict[str, Any]]], dict[str, Any] | None]:
-        """A page of a line's events with start <= period_date <= end, in (period_date, id) order.
+        """A page of an organization's line's events with start <= period_date <= end, in (period_date, id) order.
 
-        Each event comes with its index key, from which a later page can start.
+        Each event comes with its index key, from which a later page can start; a start key that is
+        not one of this line's index keys is refused with ValueError.
         """
+        if exclusive_start is not None:
+            check_line_position(organization_id, line_id, exclusive_start)
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "IndexName": "by_line",
             "KeyConditionExpression": "gsi1pk = :line AND gsi1sk BETWEEN :lo AND :hi",
             "ExpressionAttributeValues": {
-                ":line": {"S": line_id},
-                ":lo": {"S": f"{start.isoformat()}#"},
-                ":hi": {"S": f"{end.isoformat()}#~"},
+                ":line": {"S": line_index_pk(organization_id, line_id)},
+                ":lo": {"S": line_index_sk(start.isoformat(), "")},
+                ":hi": {"S": line_index_sk(end.isoformat(), "~")},
             },
             "Limit": limit,
         }
@@ -204,10 +208,10 @@ class DynamoEventStore:
         ]
         return rows, page.get("LastEvaluatedKey")
 
-    def iter_line(self, line_id: str, start: date, end: date) -> Iterator[UsageEvent]:
+    def iter_line(self, organization_id: str, line_id: str, start: date, end: date) -> Iterator[UsageEvent]:
         cursor: dict[str, Any] | None = None
         while True:
-            rows, cursor = self.query_line(line_id, start, end, cursor, limit=500)
+            rows, cursor = self.query_line(organization_id, line_id, start, end, cursor, limit=500)
             yield from (event for event, _ in rows)
             if not cursor:
                 return
@@ -218,7 +222,7 @@ class DynamoEventStore:
             TableName=self.table_name,
             Item=to_item(
                 {
-                    "pk": f"PENDING#{pending_shard(batch.batch_id)}",
+                    "pk": pending_pk(pending_shard(batch.batch_id)),
                     "sk": batch.batch_id,
                     "organization_id": batch.organization_id,
                     "created_at": instant(batch.created_at),
@@ -228,7 +232,7 @@ class DynamoEventStore:
         )
 
     def pending_key(self, batch_id: str) -> dict[str, Any]:
-        return key(f"PENDING#{pending_shard(batch_id)}", batch_id)
+        return key(pending_pk(pending_shard(batch_id)), batch_id)
 
     def delete_pending(self, batch_id: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key=self.pending_key(batch_id))
@@ -252,7 +256,7 @@ class DynamoEventStore:
             kwargs: dict[str, Any] = {
                 "TableName": self.table_name,
                 "KeyConditionExpression": "pk = :pk AND sk < :cut",
-                "ExpressionAttributeValues": {":pk": {"S": f"PENDING#{shard}"}, ":cut": {"S": cutoff_sk}},
+                "ExpressionAttributeValues": {":pk": {"S": pending_pk(shard)}, ":cut": {"S": cutoff_sk}},
                 "ConsistentRead": True,
                 "Limit": limit,
             }
@@ -261,16 +265,32 @@ class DynamoEventStore:
                 for raw in page.get("Items", []):
                     item = from_item(raw)
                     last = item.get("last_enqueued_at")
+                    dead = item.get("dead_lettered_at")
                     yield PendingBatch(
                         batch_id=item["sk"],
                         organization_id=item["organization_id"],
                         created_at=datetime.fromisoformat(item["created_at"]),
                         events=tuple((str(s), str(i)) for s, i in item["events"]),
                         last_enqueued_at=datetime.fromisoformat(last) if last else None,
+                        dead_lettered_at=datetime.fromisoformat(dead) if dead else None,
                     )
                 if "LastEvaluatedKey" not in page:
                     break
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def mark_dead_lettered(self, batch_id: str, now: datetime, reason: str) -> None:
+        """Note on a pending batch that its message went to the dead-letter queue (if it is still pending)."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=self.pending_key(batch_id),
+                UpdateExpression="SET dead_lettered_at = :now, dead_letter_reason = :why",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":now": to_value(instant(now)), ":why": to_value(reason)},
+            )
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def claim_for_requeue(self, batch_id: str, now: datetime, not_since: datetime) -> bool:
         """Mark a pending batch re-enqueued unless another sweeper did so since `not_since`."""
@@ -291,6 +311,28 @@ class DynamoEventStore:
             if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return False
             raise
+
+
+_POSITION_KEYS = frozenset({"pk", "sk", "gsi1pk", "gsi1sk"})
+
+
+def check_line_position(organization_id: str, line_id: str, position: dict[str, Any]) -> None:
+    """A by_line start key must be one of this organization's line's index keys (ValueError otherwise)."""
+    if set(position) != _POSITION_KEYS:
+        raise ValueError("not a by_line position")
+    values = {}
+    for name, value in position.items():
+        if not isinstance(value, dict) or set(value) != {"S"} or not isinstance(value["S"], str):
+            raise ValueError("not a by_line position")
+        values[name] = value["S"]
+    if (
+        values["gsi1pk"] != line_index_pk(organization_id, line_id)
+        or not values["pk"].startswith(event_pk_prefix(organization_id))
+        or values["sk"] != EVENT_SK
+        or len(values["gsi1sk"]) > 200
+        or len(values["pk"]) > 400
+    ):
+        raise ValueError("not a by_line position of this line")
 
 
 def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

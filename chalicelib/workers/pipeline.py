@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from chalice.app import Blueprint, Cron, Rate, SQSEvent
+from chalice.app import Blueprint, Rate, SQSEvent
 
 from chalicelib import observability
 from chalicelib.container import get_container
@@ -42,6 +42,8 @@ def aggregate_usage(event: SQSEvent) -> dict[str, Any]:
     )
     observability.count(observability.EVENTS_ROLLED_UP, result.events_applied)
     observability.count(observability.MESSAGES_DEAD_LETTERED, len(result.dead_lettered))
+    observability.count(observability.ROLLUP_UNITS_POISONED, result.units_poisoned)
+    observability.count(observability.ROLLUPS_REPAIRED, result.rollups_repaired)
     log.info(
         "aggregated",
         extra={
@@ -53,6 +55,9 @@ def aggregate_usage(event: SQSEvent) -> dict[str, Any]:
             "transactions": result.transactions,
             "failed": len(result.failed),
             "dead_lettered": len(result.dead_lettered),
+            "units_poisoned": result.units_poisoned,
+            "reconcile_items": result.work_items,
+            "rollups_repaired": result.rollups_repaired,
         },
     )
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in result.failed]}
@@ -69,12 +74,12 @@ def sweep_pending(event: Any) -> dict[str, Any]:
     return summary
 
 
-@bp.schedule(Cron(17, "*", "*", "*", "?", "*"))
+@bp.schedule(Rate(10, unit=Rate.MINUTES))
 def reconcile_rollups(event: Any) -> dict[str, Any]:
-    """Recompute the recent days' rollups from raw events and repair drift (hourly)."""
+    """Send the next slice of service lines to reconcile as work items through the usage queue."""
     container = get_container()
-    report = reconcile.reconcile(container.catalog, container.events, container.rollups, container.clock())
-    observability.count(observability.ROLLUPS_REPAIRED, len(report.repaired))
+    report = reconcile.plan(container.catalog, container.queue, container.clock())
+    observability.count(observability.RECONCILE_ITEMS_PLANNED, report.items_sent)
     summary = report.as_dict()
-    log.info("reconciled", extra={"job": "reconcile", **summary})
+    log.info("reconcile planned", extra={"job": "reconcile", **summary})
     return summary

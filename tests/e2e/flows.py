@@ -105,6 +105,7 @@ def run_full_flow(recording: Callable[[bool], None] = lambda on: None) -> dict[s
             seen["reconcile"] = app.handler_map["reconcile_rollups"](
                 scheduled_event("reconcile", "us-east-1"), make_context("r")
             )
+            seen["drained_after_reconcile"] = drain(app, container, recording)
             recording(False)
         return seen
     finally:

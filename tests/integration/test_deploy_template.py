@@ -116,7 +116,7 @@ def test_schedules_are_packaged(template: dict[str, Any]) -> None:
         for event in res["Properties"].get("Events", {}).values()
         if event["Type"] == "Schedule"
     }
-    assert schedules == {"SweepPending": "rate(2 minutes)", "ReconcileRollups": "cron(17 * * * ? *)"}
+    assert schedules == {"SweepPending": "rate(2 minutes)", "ReconcileRollups": "rate(10 minutes)"}
 
 
 FUNCTION_ROLES = {name: role_id(name) for name in FUNCTIONS}
@@ -352,7 +352,12 @@ NOT_IN_FLOW = {
         "sqs:GetQueueUrl",
         "metering-usage-prod",
     ): "in one process the API handler looked the URL up first",
-    ("reconcile_rollups", "dynamodb:UpdateItem", "table/metering-rollups-prod"): "repairing a rollup that drifted",
+    ("aggregate_usage", "dynamodb:UpdateItem", "table/metering-events-prod"): "marking a dead-lettered batch",
+    (
+        "reconcile_rollups",
+        "sqs:GetQueueUrl",
+        "metering-usage-prod",
+    ): "in one process the API handler looked the URL up first",
 }
 
 

@@ -25,14 +25,15 @@ from chalicelib.container import Container
 from chalicelib.domain.ids import batch_id as new_batch_id
 from chalicelib.domain.ids import usage_event_id
 from chalicelib.domain.models import UsageEvent, instant
-from chalicelib.domain.pipeline import BatchMessage
+from chalicelib.domain.pipeline import BatchMessage, ReconcileMessage
 from chalicelib.domain.usage import UsageDraft
-from chalicelib.local.runtime import make_context, sqs_event
+from chalicelib.local.runtime import make_context, scheduled_event, sqs_event
 from chalicelib.services import reconcile, sweep
 from chalicelib.services.ingest import IngestOutcome, ingest
 from chalicelib.storage import clients
 from chalicelib.storage.codec import from_item
 from chalicelib.storage.events_repo import PENDING_SHARDS, DynamoEventStore
+from chalicelib.storage.keys import rollup_pk
 from chalicelib.storage.queue import SqsQueue
 from chalicelib.storage.rollups_repo import DynamoRollupStore
 
@@ -348,8 +349,8 @@ def markers(container: Container) -> dict[str, list[str]]:
 
 def raw_events(container: Container) -> list[UsageEvent]:
     events: list[UsageEvent] = []
-    for line in LINE_ORG:
-        events.extend(container.events.iter_line(line, FAR_PAST, FAR_FUTURE))
+    for line, org in LINE_ORG.items():
+        events.extend(container.events.iter_line(org, line, FAR_PAST, FAR_FUTURE))
     return events
 
 
@@ -371,9 +372,9 @@ def expected_rollups(events: Iterable[UsageEvent]) -> dict[Key, tuple[Decimal, i
 def stored_rollups(container: Container) -> dict[Key, tuple[Decimal, int, int]]:
     """Every rollup, read through the store's day and hour queries: key -> (quantity, event_count, version)."""
     rows: dict[Key, tuple[Decimal, int, int]] = {}
-    for line in LINE_ORG:
-        day = container.rollups.day_rollups(line, FAR_PAST, FAR_FUTURE, consistent=True)
-        hour = container.rollups.hour_rollups(line, "2000-01-01T00", "2100-01-01T00")
+    for line, org in LINE_ORG.items():
+        day = container.rollups.day_rollups(org, line, FAR_PAST, FAR_FUTURE, consistent=True)
+        hour = container.rollups.hour_rollups(org, line, "2000-01-01T00", "2100-01-01T00")
         for r in day + hour:
             k = (r.key.service_line_id, r.key.meter, r.key.grain, r.key.period_date, r.key.hour)
             assert k not in rows, f"rollup {k} stored twice"
@@ -381,7 +382,7 @@ def stored_rollups(container: Container) -> dict[Key, tuple[Decimal, int, int]]:
         items_of_line = clients.dynamodb().query(
             TableName=container.settings.rollups_table,
             KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": f"R#{line}"}},
+            ExpressionAttributeValues={":pk": {"S": rollup_pk(org, line)}},
             Select="COUNT",
         )["Count"]
         assert items_of_line == len(day) + len(hour), f"rollup items of {line} that are neither day nor hour"
@@ -893,7 +894,7 @@ def test_late_and_out_of_order_events_land_in_their_own_rollups(container: Conta
 
     days = {
         (r.key.meter, r.key.period_date): (r.quantity, r.event_count)
-        for r in container.rollups.day_rollups(TALENT, late_day, TODAY, consistent=True)
+        for r in container.rollups.day_rollups(ORG, TALENT, late_day, TODAY, consistent=True)
     }
     assert days == {
         ("talent.hours", late_day.isoformat()): (Decimal("3.125000001"), 2),
@@ -903,7 +904,7 @@ def test_late_and_out_of_order_events_land_in_their_own_rollups(container: Conta
     late_hour = late_time.strftime("%Y-%m-%dT%H")
     hours = {
         (r.key.meter, r.key.hour, r.key.period_date): (r.quantity, r.event_count)
-        for r in container.rollups.hour_rollups(TALENT, late_hour, "2100-01-01T00")
+        for r in container.rollups.hour_rollups(ORG, TALENT, late_hour, "2100-01-01T00")
     }
     assert hours[("talent.hours", late_hour, late_day.isoformat())] == (Decimal("0.125"), 1)
     assert hours[("talent.hours", NOW.strftime("%Y-%m-%dT%H"), late_day.isoformat())] == (Decimal("3.000000001"), 1)
@@ -911,7 +912,9 @@ def test_late_and_out_of_order_events_land_in_their_own_rollups(container: Conta
         Decimal("4.75"),
         1,
     )
-    period = {(r.key.meter, r.key.grain, r.key.hour) for r in container.rollups.rollups_of_period(TALENT, late_day)}
+    period = {
+        (r.key.meter, r.key.grain, r.key.hour) for r in container.rollups.rollups_of_period(ORG, TALENT, late_day)
+    }
     assert period == {
         ("talent.hours", "D", ""),
         ("talent.days", "D", ""),
@@ -969,6 +972,96 @@ def test_poison_messages_fail_then_go_to_the_dead_letter_queue_on_fifth_delivery
     assert ghost_batch in reasons[ghost_body]
 
 
+class RefusingRollups:
+    """A DynamoDB client that refuses, the same way every time, any transaction touching one rollup
+    (as AWS does for a request it finds invalid); `conflicts` transactions first fail with a conflict."""
+
+    def __init__(self, inner: Any, poison_sk_part: str, conflicts: int = 0) -> None:
+        self.inner = inner
+        self.poison = poison_sk_part
+        self.conflicts = conflicts
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        items = kwargs["TransactItems"]
+        keys = [a["Update"]["Key"]["sk"]["S"] if "Update" in a else "" for a in items]
+        codes = ["ValidationError" if self.poison in k else "None" for k in keys]
+        if self.conflicts and "ValidationError" not in codes:
+            self.conflicts -= 1
+            codes = ["TransactionConflict"] + ["None"] * (len(items) - 1)
+        if set(codes) != {"None"}:
+            self.refused += 1
+            raise ClientError(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "injected"},
+                    "CancellationReasons": [{"Code": c} for c in codes],  # type: ignore[typeddict-unknown-key]
+                },
+                "TransactWriteItems",
+            )
+        return self.inner.transact_write_items(**kwargs)
+
+
+def test_a_rollup_that_can_never_be_written_holds_back_only_its_own_batch(
+    container: Container, pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison_day = TODAY - timedelta(days=4)
+    refusing = RefusingRollups(clients.dynamodb(), f"D#{poison_day.isoformat()}#agent.tokens")
+    monkeypatch.setattr(container, "rollups", DynamoRollupStore(container.settings.rollups_table, client=refusing))  # type: ignore[arg-type]
+    good = pipe.ingest_accepted(mixed_drafts(12, "good"))
+    at = NOW - timedelta(days=4)
+    bad = pipe.ingest_accepted([draft(AGENT, "agent.tokens", "0.000000001", poison_day, at, "bad-0")])
+    bad_events = [e for e in pipe.ledger.events.values() if e.batch_id == bad]
+    other = pipe.ingest_accepted(mixed_drafts(6, "other", org=ORG2), org=ORG2)
+    messages = pipe.receive()
+    assert len(messages) == 3
+    poison = {m["MessageId"] for m in messages if BatchMessage.model_validate_json(m["Body"]).batch == bad}
+
+    assert pipe.deliver(messages) == poison  # one invocation, one packed transaction at first
+    assert refusing.refused >= 2  # the packed group, then the bad unit alone
+    rolled_up = [e for e in pipe.ledger.events.values() if e.batch_id != bad]
+    assert rollup_mismatches(container, rolled_up) == []
+    assert pipe.pending() == [bad]  # good and other are done
+
+    for delivery in range(2, 6):
+        messages = pipe.receive()
+        assert [m["Attributes"]["ApproximateReceiveCount"] for m in messages] == [str(delivery)]
+        assert pipe.deliver(messages) == (set() if delivery == 5 else poison)
+    dead = pipe.sqs.receive_message(
+        QueueUrl=container.dead_letters.url, MessageAttributeNames=["All"], MaxNumberOfMessages=10
+    ).get("Messages", [])
+    assert [BatchMessage.model_validate_json(m["Body"]).batch for m in dead] == [bad]
+    assert "ValidationError" in dead[0]["MessageAttributes"]["reason"]["StringValue"]
+    # Still pending (accepted, not rolled up), but the sweeper leaves it to the dead-letter queue.
+    assert pipe.pending() == [bad]
+    assert pipe.sweep(NOW + timedelta(hours=1)) == []
+    assert pipe.queue_depth() == 0
+    assert rollup_mismatches(container, rolled_up) == []
+    assert {good, other}.isdisjoint(pipe.pending())
+    assert bad_events and all(e.quantity == Decimal("0.000000001") for e in bad_events)
+
+    # An operator fixes the cause and redrives the message: it is applied once.
+    monkeypatch.setattr(container, "rollups", DynamoRollupStore(container.settings.rollups_table))
+    pipe.send_raw(dead[0]["Body"])
+    pipe.drain()
+    assert_exact(container, pipe.ledger)
+
+
+def test_conflicts_are_retried_and_split_nothing(
+    container: Container, pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusing = RefusingRollups(clients.dynamodb(), "no rollup has this key", conflicts=2)
+    monkeypatch.setattr(container, "rollups", DynamoRollupStore(container.settings.rollups_table, client=refusing))  # type: ignore[arg-type]
+    pipe.ingest_accepted(mixed_drafts(8, "a"))
+    pipe.ingest_accepted(mixed_drafts(8, "b", org=ORG2), org=ORG2)
+    messages = pipe.receive()
+    assert pipe.deliver(messages) == set()
+    assert refusing.refused == 2
+    assert_exact(container, pipe.ledger)
+
+
 # -- (h) a wide batch: several chunks and transactions ---------------------------------------------
 
 
@@ -1002,7 +1095,7 @@ def corrupt(container: Container, line: str, sk: str, quantity: str, count: int)
     """Drift: someone (a bug, an operator) changed a rollup behind the pipeline's back."""
     clients.dynamodb().update_item(
         TableName=container.settings.rollups_table,
-        Key={"pk": {"S": f"R#{line}"}, "sk": {"S": sk}},
+        Key={"pk": {"S": rollup_pk(LINE_ORG[line], line)}, "sk": {"S": sk}},
         UpdateExpression="ADD quantity :q, event_count :n",
         ExpressionAttributeValues={":q": {"N": quantity}, ":n": {"N": str(count)}},
         ConditionExpression="attribute_exists(pk)",
@@ -1048,6 +1141,52 @@ def test_reconcile_repairs_drift_and_reports_it(container: Container, pipe: Pipe
     again = reconcile_now(container, NOW + timedelta(minutes=2))
     assert again.repaired == [] and again.checked > 0 and again.skipped_recent == 0
     assert snapshot(container) == settled
+
+
+def test_the_scheduled_reconciler_sends_bounded_work_items_that_the_aggregator_runs(
+    container: Container, pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import app
+
+    pipe.ingest_accepted(recent_drafts("w"))
+    pipe.ingest_accepted(mixed_drafts(12, "w-org2", org=ORG2), org=ORG2)
+    pipe.drain()
+    corrupt(container, TALENT, f"D#{TODAY.isoformat()}#talent.hours", "0.001", 0)
+    corrupt(container, MOBILE, f"D#{(TODAY - timedelta(days=1)).isoformat()}#talent.hours", "5", 2)
+    assert len(rollup_mismatches(container, raw_events(container))) == 2
+    monkeypatch.setattr(reconcile, "PLAN_LINES_PER_RUN", 1)  # a platform much larger than its runs
+    later = NOW + timedelta(minutes=5)
+    container.clock = lambda: later
+    every_line = {(line.organization_id, line.id) for line in container.catalog.all_service_lines()}
+    assert len(every_line) > 2
+
+    planned: list[tuple[str, str]] = []
+    for _ in range(100):  # one line a run: every line within a bounded number of runs
+        report = app.handler_map["reconcile_rollups"](scheduled_event("reconcile", "us-east-1"), make_context("r"))
+        assert report["lines"] <= 1
+        for message in pipe.receive():
+            item = ReconcileMessage.model_validate_json(message["Body"])
+            assert len(item.lines) <= reconcile.LINES_PER_ITEM
+            assert item.days == [(later.date() - timedelta(days=d)).isoformat() for d in range(reconcile.RECENT_DAYS)]
+            planned.extend((item.org, line) for line in item.lines)
+            assert pipe.deliver([message]) == set()  # the aggregator's handler runs the work item
+        if report["cycle_complete"]:
+            break
+    else:
+        raise AssertionError("the planner never completed a cycle")
+    assert sorted(planned) == sorted(every_line)  # each line once per cycle, every organization's own
+    assert_exact(container, pipe.ledger)  # both drifts repaired
+    again: list[tuple[str, str]] = []
+    while not again:  # the next cycle starts from the first line again
+        app.handler_map["reconcile_rollups"](scheduled_event("reconcile", "us-east-1"), make_context("r"))
+        again = [(m.org, line) for m in map(ReconcileMessage.model_validate_json, bodies(pipe)) for line in m.lines]
+    assert again == planned[:1]
+
+
+def bodies(pipe: Pipeline) -> list[str]:
+    messages = pipe.receive()
+    pipe.delete(messages)
+    return [m["Body"] for m in messages]
 
 
 def test_reconcile_leaves_correct_rollups_alone(container: Container, pipe: Pipeline) -> None:

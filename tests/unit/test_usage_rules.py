@@ -390,7 +390,7 @@ def event(
     day: str = "2026-05-10",
     hour: str = "2026-05-10T12",
 ) -> CountableEvent:
-    return CountableEvent(f"USAGE-26-{index:05d}", line, meter, Decimal(quantity), day, hour)
+    return CountableEvent(f"USAGE-26-{index:05d}", "ORG-1", line, meter, Decimal(quantity), day, hour)
 
 
 @st.composite
@@ -402,6 +402,7 @@ def event_sets(draw: st.DrawFn) -> list[CountableEvent]:
         events.append(
             CountableEvent(
                 id=f"USAGE-26-{draw(st.integers(0, 10**6)):07d}-{index}",
+                organization_id=draw(st.sampled_from(["ORG-A", "ORG-B"])),
                 service_line_id=draw(st.sampled_from(["LIN-A", "LIN-B"])),
                 meter=draw(st.sampled_from(["m1", "m2", "m3"])),
                 quantity=draw(st.decimals(min_value=0, max_value=1000, places=3)),
@@ -455,22 +456,22 @@ def test_coalesce_sums_decimals_exactly_per_day_and_hour() -> None:
         event(4, quantity="0.000000001", meter="other", hour="2026-05-10T10"),
     ]
     deltas = coalesce(events)
-    day = deltas[RollupKey("LIN-1", "m", "D", "2026-05-10")]
+    day = deltas[RollupKey("ORG-1", "LIN-1", "m", "D", "2026-05-10")]
     assert day.quantity == Decimal("0.3") and day.event_count == 3
-    nine = deltas[RollupKey("LIN-1", "m", "H", "2026-05-10", "2026-05-10T09")]
+    nine = deltas[RollupKey("ORG-1", "LIN-1", "m", "H", "2026-05-10", "2026-05-10T09")]
     assert nine.quantity == Decimal("0.2") and nine.event_count == 2
-    ten = deltas[RollupKey("LIN-1", "m", "H", "2026-05-10", "2026-05-10T10")]
+    ten = deltas[RollupKey("ORG-1", "LIN-1", "m", "H", "2026-05-10", "2026-05-10T10")]
     assert ten.quantity == Decimal("0.1") and ten.event_count == 1
-    other = deltas[RollupKey("LIN-1", "other", "D", "2026-05-10")]
+    other = deltas[RollupKey("ORG-1", "LIN-1", "other", "D", "2026-05-10")]
     assert other.quantity == Decimal("0.000000001") and other.event_count == 1
     assert len(deltas) == 5
 
 
 def test_coalesce_of_many_small_quantities_has_no_float_drift() -> None:
     deltas = coalesce(event(i, quantity="0.000000001") for i in range(1000))
-    assert deltas[RollupKey("LIN-1", "m", "D", "2026-05-10")].quantity == Decimal("0.000001")
+    assert deltas[RollupKey("ORG-1", "LIN-1", "m", "D", "2026-05-10")].quantity == Decimal("0.000001")
     big = coalesce([event(1, quantity="999999999999.999999999"), event(2, quantity="0.000000001")])
-    assert big[RollupKey("LIN-1", "m", "D", "2026-05-10")].quantity == Decimal(10) ** 12
+    assert big[RollupKey("ORG-1", "LIN-1", "m", "D", "2026-05-10")].quantity == Decimal(10) ** 12
 
 
 @settings(max_examples=100, deadline=None)
