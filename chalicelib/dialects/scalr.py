@@ -406,13 +406,21 @@ def resource(account: str, query: UsageStatisticsQuery, row: UsageRow) -> dict[s
     }
 
 
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?", re.ASCII)
+
+
 def base_url(context: Mapping[str, Any], headers: Mapping[str, str]) -> str:
-    """The URL of this endpoint as the caller reached it (relative when the host is unknown)."""
+    """The URL of this endpoint as the caller reached it (relative when the host is unknown or not a host name).
+
+    Host and X-Forwarded-Proto come from the client: only a host name (or IP) with an optional port and
+    the schemes http and https are echoed into links, so a crafted header cannot plant a javascript: URL.
+    """
     path = str(context.get("path") or PATH)
-    host = context.get("domainName") or headers.get("host")
-    if not host:
+    host = str(context.get("domainName") or headers.get("host") or "")
+    if not _HOST.fullmatch(host):
         return path
-    scheme = headers.get("x-forwarded-proto") or ("https" if context.get("domainName") else "http")
+    forwarded = (headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
+    scheme = forwarded if forwarded in ("http", "https") else ("https" if context.get("domainName") else "http")
     return f"{scheme}://{host}{path}"
 
 
