@@ -15,6 +15,7 @@ from chalicelib.api.schemas import (
     PlansQuery,
     PlanSummaryPublic,
 )
+from chalicelib.domain import cursors
 from chalicelib.domain.auth import CATALOG_READ
 from chalicelib.services import catalog
 
@@ -33,9 +34,13 @@ def list_meters(call: Call) -> Reply:
 def list_plans(call: Call) -> Reply:
     """List the plans; deprecated ones only with include_deprecated=true."""
     query = call.query_as(PlansQuery)
-    plans = catalog.list_plans(call.container.catalog, query.include_deprecated)
-    data = [PlanSummaryPublic.of(p).model_dump(mode="python") for p in plans]
-    return Reply({"data": data, "meta": {"cursor": None, "has_more": False}})
+    bound = cursors.binding(call.organization_id, "plans", {"include_deprecated": query.include_deprecated})
+    secret = call.container.settings.cursor_secret
+    after = cursors.decode(query.cursor, bound, secret).get("after") if query.cursor is not None else None
+    page, more = catalog.page_plans(call.container.catalog, query.include_deprecated, query.limit, after)
+    cursor = cursors.encode({"after": page[-1].id}, bound, secret) if more else None
+    data = [PlanSummaryPublic.of(p).model_dump(mode="python") for p in page]
+    return Reply({"data": data, "meta": {"cursor": cursor, "has_more": more}})
 
 
 @endpoint(bp, "/v1/plans/{plan_id}", scope=CATALOG_READ, responses={200: PlanEnvelope})

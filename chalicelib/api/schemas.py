@@ -26,6 +26,8 @@ class MetersQuery(QueryBase):
 
 class PlansQuery(QueryBase):
     include_deprecated: bool = False
+    cursor: str | None = Field(default=None, max_length=2048)
+    limit: int = Field(default=100, ge=1, le=100)
 
 
 class ListMeta(BaseModel):

@@ -17,6 +17,17 @@ def list_plans(catalog: CatalogRepository, include_deprecated: bool = False) -> 
     return [p for p in catalog.list_plans() if include_deprecated or p.status != "deprecated"]
 
 
+def page_plans(
+    catalog: CatalogRepository, include_deprecated: bool, limit: int, after: object = None
+) -> tuple[list[Plan], bool]:
+    """A page of plans in id order after the plan id `after`, and whether more follow."""
+    if after is not None and not isinstance(after, str):
+        raise MeteringError(ErrorCode.INVALID_CURSOR, field="cursor")
+    plans = sorted(list_plans(catalog, include_deprecated), key=lambda p: p.id)
+    rest = [p for p in plans if after is None or p.id > after]
+    return rest[:limit], len(rest) > limit
+
+
 def get_plan(catalog: CatalogRepository, plan_id: str) -> Plan:
     plan = catalog.get_plan(plan_id)
     if plan is None:

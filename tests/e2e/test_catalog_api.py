@@ -107,3 +107,35 @@ def test_bad_and_unknown_query_parameters_are_400_naming_the_field(client: Any) 
         "field": "colour",
         "request_id": body(response)["error"]["request_id"],
     }
+
+
+def test_plans_page_with_limit_and_cursor(client: Any) -> None:
+    everything = [p["id"] for p in body(client.http.get("/v1/plans?include_deprecated=true", headers=auth()))["data"]]
+    assert len(everything) == 9
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        query = "include_deprecated=true&limit=4" + (f"&cursor={cursor}" if cursor else "")
+        response = client.http.get(f"/v1/plans?{query}", headers=auth())
+        assert response.status_code == 200, response.body
+        page = body(response)
+        assert len(page["data"]) <= 4
+        seen += [p["id"] for p in page["data"]]
+        pages += 1
+        cursor = page["meta"]["cursor"]
+        assert page["meta"]["has_more"] is (cursor is not None)
+        if cursor is None:
+            break
+    assert pages == 3
+    assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen))
+
+
+def test_a_plans_cursor_is_bound_to_its_query(client: Any) -> None:
+    first = body(client.http.get("/v1/plans?limit=2", headers=auth()))
+    cursor = first["meta"]["cursor"]
+    assert cursor
+    response = client.http.get(f"/v1/plans?include_deprecated=true&limit=2&cursor={cursor}", headers=auth())
+    assert response.status_code == 400
+    assert body(response)["error"]["code"] == "invalid_cursor"
+    assert client.http.get("/v1/plans?limit=0", headers=auth()).status_code == 400
