@@ -467,10 +467,8 @@ class ImportReport:
     rejects_file: Path | None = None
 
     def counts(self) -> str:
-        text = f"accepted {self.accepted}, duplicate {self.duplicate}, rejected {self.rejected}"
-        if self.repeated:
-            text += f" ({self.repeated} of the duplicates repeat an earlier row of the file)"
-        return text
+        repeated = f" ({self.repeated} of them repeated rows of the file)" if self.repeated else ""
+        return f"accepted {self.accepted}, duplicate {self.duplicate}{repeated}, rejected {self.rejected}"
 
     def notes(self) -> list[str]:
         """What a user should know beyond the counts."""
@@ -623,6 +621,59 @@ class _Run:
         self.resends = 0
         # Keys an earlier run sent, whose answer it never recorded (it was interrupted).
         self.carried = dict(state.in_flight)
+        self.total = sum(1 for _ in source.rows())
+        self.skipped = self.rows_done()
+
+    @classmethod
+    def open(cls, client: ApiClient, path: Path, rejected_out: Path | None) -> _Run:
+        """A run over `path`, resuming an interrupted run of the same file if there is one."""
+        source = open_source(path)
+        if rejected_out is not None and rejected_out.resolve() == path.resolve():
+            raise ValueError(f"{path}: the rejects file must not be the input")
+        digest = file_digest(path)
+        saved = _load_state(path, digest)
+        state = saved or ImportState(digest)
+        rejects_file = str(rejected_out) if rejected_out else None
+        same_rejects = saved is not None and saved.rejects_file == rejects_file
+        rejects = RejectsWriter(rejected_out, source, state.rejects_bytes if same_rejects else None)
+        state.rejects_file, state.rejects_bytes = rejects_file, rejects.size
+        return cls(client, source, state, rejects)
+
+    def rows_done(self) -> int:
+        return sum(1 for r in self.source.rows() if r.number <= self.state.rows_done)
+
+    def batches(self, size: int) -> Iterator[list[Row]]:
+        """The rows not settled yet, `size` at a time; each marked if it repeats an earlier row."""
+        seen: set[bytes] = set()
+        pending: list[Row] = []
+        for row in self.source.rows():
+            if row.identity:
+                row.repeat = row.identity in seen
+                seen.add(row.identity)
+            if row.number <= self.state.rows_done:
+                continue
+            pending.append(row)
+            if len(pending) >= size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    def report(self, interrupted: bool = False) -> ImportReport:
+        state = self.state
+        return ImportReport(
+            rows=self.total,
+            accepted=state.accepted,
+            duplicate=state.duplicate,
+            rejected=state.rejected,
+            repeated=state.repeated,
+            recovered=state.recovered,
+            skipped_already_imported=self.skipped,
+            resends=self.resends,
+            rows_done=self.rows_done() if interrupted else self.total,
+            interrupted=interrupted,
+            rejects_file=Path(state.rejects_file) if state.rejects_file else None,
+        )
 
     def settle(self, rows: list[Row], ctrl_c: _CtrlC) -> None:
         """Send a batch of rows and record every answer."""
@@ -716,37 +767,7 @@ def import_file(
     the input's format.
     """
     console = sys.stderr if progress == "stderr" else progress
-    source = open_source(path)
-    if rejected_out is not None and rejected_out.resolve() == path.resolve():
-        raise ValueError(f"{path}: the rejects file must not be the input")
-    digest = file_digest(path)
-    saved = _load_state(path, digest)
-    state = saved or ImportState(digest)
-    same_rejects = saved is not None and saved.rejects_file == (str(rejected_out) if rejected_out else None)
-    rejects = RejectsWriter(rejected_out, source, state.rejects_bytes if same_rejects else None)
-    state.rejects_file = str(rejected_out) if rejected_out else None
-    if not same_rejects:
-        state.rejects_bytes = 0
-    run = _Run(client, source, state, rejects)
     resume = command or resume_command(path, client.base_url, rejected_out)
-    total = sum(1 for _ in source.rows())
-    skipped = sum(1 for r in source.rows() if r.number <= state.rows_done)
-    started = time.monotonic()
-
-    def report(interrupted: bool = False) -> ImportReport:
-        return ImportReport(
-            rows=total,
-            accepted=state.accepted,
-            duplicate=state.duplicate,
-            rejected=state.rejected,
-            repeated=state.repeated,
-            recovered=state.recovered,
-            skipped_already_imported=skipped,
-            resends=run.resends,
-            rows_done=sum(1 for r in source.rows() if r.number <= state.rows_done) if interrupted else total,
-            interrupted=interrupted,
-            rejects_file=rejected_out,
-        )
 
     def say(text: str) -> None:
         if console is not None:
@@ -754,40 +775,30 @@ def import_file(
             console.flush()
 
     with _CtrlC() as ctrl_c:
+        run: _Run | None = None
         try:
-            with _progress_bar(console, show_progress, total, skipped, f"importing {path.name}") as advance:
-                seen: set[bytes] = set()
-                pending: list[Row] = []
-                for row in source.rows():
-                    if row.identity:
-                        row.repeat = row.identity in seen
-                        seen.add(row.identity)
-                    if row.number <= state.rows_done:
-                        continue
-                    pending.append(row)
-                    if len(pending) >= batch_size:
-                        run.settle(pending, ctrl_c)
-                        advance(len(pending))
-                        pending = []
-                if pending:
-                    run.settle(pending, ctrl_c)
-                    advance(len(pending))
+            run = _Run.open(client, path, rejected_out)
+            started = time.monotonic()
+            with _progress_bar(console, show_progress, run.total, run.skipped, f"importing {path.name}") as advance:
+                for batch in run.batches(batch_size):
+                    run.settle(batch, ctrl_c)
+                    advance(len(batch))
         except KeyboardInterrupt:
             ctrl_c.depth += 1  # a second Ctrl-C must not cut the summary short
-            partial = report(interrupted=True)
-            say(f"\ninterrupted after {partial.rows_done} of {total} rows; so far: {partial.counts()}")
+            partial = run.report(interrupted=True) if run else ImportReport(interrupted=True)
+            say(f"\ninterrupted after {partial.rows_done} of {partial.rows} rows; so far: {partial.counts()}")
             if partial.rejected and rejected_out is not None:
                 say(f"rows rejected so far: {rejected_out}")
             say(f"resume with: {resume}")
             raise ImportInterrupted(partial, resume) from None
         except ApiError as exc:
-            if exc.retryable:
-                say(f"stopped after row {state.rows_done}: {exc}\nresume with: {resume}")
+            if exc.retryable and run is not None:
+                say(f"stopped after row {run.state.rows_done}: {exc}\nresume with: {resume}")
             raise
     _state_path(path).unlink(missing_ok=True)  # finished: a later run of the file starts over
-    final = report()
+    final = run.report()
     elapsed = time.monotonic() - started
-    done_now = total - skipped
+    done_now = run.total - run.skipped
     say(f"imported {done_now} rows in {elapsed:.1f} s ({done_now / elapsed if elapsed else 0:,.0f} rows/s)")
     for note in final.notes():
         say(note)
