@@ -377,3 +377,39 @@ class ServiceLineEnvelope(BaseModel):
 class ServiceLineListPublic(BaseModel):
     data: list[ServiceLinePublic]
     meta: ListMeta
+
+
+class WorkspaceCreate(BaseModel):
+    """The body of `POST /v1/workspaces`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=120)
+
+
+class WorkspacePublic(BaseModel):
+    id: str
+    organization_id: str
+    name: str
+
+
+class WorkspaceEnvelope(BaseModel):
+    data: WorkspacePublic
+
+
+class WorkspaceListPublic(BaseModel):
+    data: list[WorkspacePublic]
+
+
+class AgentCreditsPublic(BaseModel):
+    organization_id: str
+    month: str
+    limit: int | str | None = Field(description="null: no cap; 'custom': set by contract, not capped here.")
+    used: Decimal
+    remaining: Decimal | None
+    allowed: bool
+    resets_at: str
+
+
+class AgentCreditsEnvelope(BaseModel):
+    data: AgentCreditsPublic

@@ -20,6 +20,7 @@ class CatalogWriter(Protocol):
     def put_service_line(self, line: ServiceLine) -> None: ...
     def put_api_key(self, api_key: ApiKey) -> None: ...
     def recount_active_lines(self, organization_id: str) -> int: ...
+    def recount_workspaces(self, organization_id: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def load_demo_data(repo: CatalogWriter) -> dict[str, IssuedKey]:
         repo.put_service_line(ServiceLine.model_validate(line))
     for org in demo["organizations"]:
         repo.recount_active_lines(org["id"])
+        repo.recount_workspaces(org["id"])
     keys: dict[str, IssuedKey] = {}
     for spec in demo["api_keys"]:
         secret = os.environ.get(spec["env"]) or spec["default"]

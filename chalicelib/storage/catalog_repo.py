@@ -27,6 +27,7 @@ from chalicelib.storage.keys import (
     ID_GUARD_SK,
     JOB_CURSOR_SK,
     ORG_SK,
+    WORKSPACES_SK,
     api_calls_sk,
     api_key_pk,
     api_key_ref_pk,
@@ -268,10 +269,12 @@ class DynamoCatalogRepository:
         self._put_guarded(line.id, line.organization_id, line_sk(line.id), "service_line", values)
 
     # -- service lines under the plan's active-line limit ------------------------
-    def _counter_update(self, organization_id: str, delta: int, limit: int | None) -> dict[str, Any]:
+    def _counter_update(
+        self, organization_id: str, delta: int, limit: int | None, counter: str = ACTIVE_LINES_SK
+    ) -> dict[str, Any]:
         update: dict[str, Any] = {
             "TableName": self.table_name,
-            "Key": key(org_pk(organization_id), ACTIVE_LINES_SK),
+            "Key": key(org_pk(organization_id), counter),
             "UpdateExpression": "ADD active :d",
             "ExpressionAttributeValues": {":d": {"N": str(delta)}},
         }
@@ -280,19 +283,26 @@ class DynamoCatalogRepository:
             update["ExpressionAttributeValues"][":limit"] = {"N": str(limit)}
         return update
 
-    def create_service_line(self, line: ServiceLine, active_limit: int | None) -> str | None:
-        """Store a new active line, its id's guard and its count against the limit, atomically.
+    def _create_counted(
+        self,
+        organization_id: str,
+        generated_id: str,
+        sk: str,
+        kind: str,
+        values: dict[str, Any],
+        limit: int | None,
+        counter: str,
+    ) -> str | None:
+        """Store a new item of an organization, its id's guard and its count against a limit, atomically.
 
-        Returns None when stored, "limit" when the plan's limit is reached, "exists" when the id is taken
+        Returns None when stored, "limit" when the limit is reached, "exists" when the id is taken
         (by this organization or any other).
         """
-        values = line.model_dump(mode="python")
-        values["created_at"] = line.created_at.isoformat()
-        item = to_item({"pk": org_pk(line.organization_id), "sk": line_sk(line.id), "kind": "service_line", **values})
+        item = to_item({"pk": org_pk(organization_id), "sk": sk, "kind": kind, **values})
         try:
             self.client.transact_write_items(
                 TransactItems=[
-                    {"Update": self._counter_update(line.organization_id, 1, active_limit)},  # type: ignore[typeddict-item]
+                    {"Update": self._counter_update(organization_id, 1, limit, counter)},  # type: ignore[typeddict-item]
                     {
                         "Put": {
                             "TableName": self.table_name,
@@ -300,7 +310,7 @@ class DynamoCatalogRepository:
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     },
-                    self._guard(line.id, line.organization_id, "service_line", new=True),  # type: ignore[list-item]
+                    self._guard(generated_id, organization_id, kind, new=True),  # type: ignore[list-item]
                 ]
             )
             return None
@@ -314,6 +324,14 @@ class DynamoCatalogRepository:
             if 0 in failed:
                 return "limit"
             raise
+
+    def create_service_line(self, line: ServiceLine, active_limit: int | None) -> str | None:
+        """A new active line under the plan's active-line limit (see _create_counted for the outcomes)."""
+        values = line.model_dump(mode="python")
+        values["created_at"] = line.created_at.isoformat()
+        return self._create_counted(
+            line.organization_id, line.id, line_sk(line.id), "service_line", values, active_limit, ACTIVE_LINES_SK
+        )
 
     def set_service_line_status(
         self, organization_id: str, line_id: str, status: str, active_limit: int | None
@@ -346,6 +364,18 @@ class DynamoCatalogRepository:
             if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
                 return "limit"
             raise
+
+    def create_workspace(self, ws: Workspace, limit: int | None) -> str | None:
+        """A new workspace under the plan's workspace limit (see _create_counted for the outcomes)."""
+        return self._create_counted(
+            ws.organization_id, ws.id, workspace_sk(ws.id), "workspace", ws.model_dump(), limit, WORKSPACES_SK
+        )
+
+    def recount_workspaces(self, organization_id: str) -> int:
+        """Reset the workspace counter from the workspaces themselves (catalog loading only)."""
+        count = len(self.list_workspaces(organization_id))
+        self._put(org_pk(organization_id), WORKSPACES_SK, "counter", {"active": count})
+        return count
 
     def recount_active_lines(self, organization_id: str) -> int:
         """Reset the active-line counter from the lines themselves (catalog loading only)."""

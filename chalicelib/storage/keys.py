@@ -129,6 +129,7 @@ def api_calls_sk(month: str) -> str:
 
 
 ACTIVE_LINES_SK = "COUNTER#active_service_lines"
+WORKSPACES_SK = "COUNTER#workspaces"
 ORG_SK = "ORG"
 
 
