@@ -1,4 +1,10 @@
-"""Routes that ingest usage events (document 000): one event, or a batch of up to 100."""
+"""Routes that ingest usage events (document 000): one event, or a batch of up to 100.
+
+Both honour an `Idempotency-Key` header. One event: the header is its key (a body
+`idempotency_key` must then be equal). A batch: the header keys the request, and each
+event that has no key of its own gets `<header>:<index>` (its position in `events`), so a
+retried batch is a replay item by item.
+"""
 
 from __future__ import annotations
 
@@ -18,22 +24,54 @@ from chalicelib.api.schemas import (
 )
 from chalicelib.domain import usage
 from chalicelib.domain.auth import METERING_WRITE
-from chalicelib.errors import MeteringError
+from chalicelib.errors import MeteringError, validation_error
 from chalicelib.services.ingest import IngestOutcome, ingest
 
 bp = Blueprint(__name__)
 
 SINGLE_BODY_LIMIT = 16 * 1024
 BATCH_BODY_LIMIT = 1024 * 1024
+KEY_HEADER = "Idempotency-Key"
+# A batch's header leaves room for ":<index>" (at most ":99") within the key limit.
+MAX_BATCH_KEY_HEADER = usage.MAX_IDEMPOTENCY_KEY - len(f":{usage.MAX_BATCH_EVENTS - 1}")
+_SINGLE_KEY_HEADER = {
+    KEY_HEADER: "The event's idempotency key (1-128 printable ASCII); when the body also has "
+    "idempotency_key the two must be equal (400 otherwise)."
+}
+_BATCH_KEY_HEADER = {
+    KEY_HEADER: f"A key for the whole request (1-{MAX_BATCH_KEY_HEADER} printable ASCII): each event without "
+    "its own idempotency_key gets '<header>:<index>', its position in events."
+}
 
 
-def draft_from_body(data: Any, now: datetime, prefix: str = "") -> usage.UsageDraft:
-    """A validated draft from a native event body; a 400 naming the field otherwise."""
+def header_key(call: Call, max_length: int = usage.MAX_IDEMPOTENCY_KEY) -> str | None:
+    """The `Idempotency-Key` header, validated; None when it is not sent."""
+    value = call.header(KEY_HEADER)
+    if value is None:
+        return None
+    key = usage.check_idempotency_key(value, KEY_HEADER)
+    if len(key) > max_length:
+        raise validation_error(KEY_HEADER, f"must be at most {max_length} characters on a batch")
+    return key
+
+
+def draft_from_body(data: Any, now: datetime, prefix: str = "", header: str | None = None) -> usage.UsageDraft:
+    """A validated draft from a native event body; a 400 naming the field otherwise.
+
+    `header` is the key the request's header gives this event: the body's key, if any, must equal it.
+    """
     body = parse_model(UsageEventCreate, data, prefix)
 
     def name(field: str) -> str:
         return f"{prefix}.{field}" if prefix else field
 
+    key = (
+        usage.check_idempotency_key(body.idempotency_key, name("idempotency_key"))
+        if body.idempotency_key is not None
+        else None
+    )
+    if header is not None and key is not None and key != header:
+        raise validation_error(name("idempotency_key"), f"must equal the {KEY_HEADER} header when both are given")
     return usage.UsageDraft(
         service_line_id=body.service_line_id,
         meter=body.meter,
@@ -46,13 +84,16 @@ def draft_from_body(data: Any, now: datetime, prefix: str = "") -> usage.UsageDr
         event_time=None,
         source=usage.check_source(body.source, name("source")) if body.source is not None else "api",
         metadata=usage.check_metadata(body.metadata, name("metadata")),
-        idempotency_key=(
-            usage.check_idempotency_key(body.idempotency_key, name("idempotency_key"))
-            if body.idempotency_key is not None
-            else None
-        ),
+        idempotency_key=key if key is not None else header,
         period_date_given=body.period_date is not None,
     )
+
+
+def batch_key(header: str | None, index: int, data: Any) -> str | None:
+    """The key a batch's header gives its event at `index`: `<header>:<index>`, unless the event has its own."""
+    if header is None or (isinstance(data, dict) and data.get("idempotency_key") is not None):
+        return None
+    return f"{header}:{index}"
 
 
 def _run(call: Call, items: list[usage.UsageDraft | MeteringError], now: datetime) -> list[IngestOutcome]:
@@ -68,11 +109,13 @@ def _run(call: Call, items: list[usage.UsageDraft | MeteringError], now: datetim
     max_body_bytes=SINGLE_BODY_LIMIT,
     body=UsageEventCreate,
     responses={201: UsageEventEnvelope, 200: UsageEventEnvelope},
+    headers=_SINGLE_KEY_HEADER,
 )
 def ingest_event(call: Call) -> Reply:
     """Ingest one usage event; a replay of its idempotency key returns the original record."""
     now = call.container.clock()
-    draft = draft_from_body(call.json(), now)
+    header = header_key(call)
+    draft = draft_from_body(call.json(), now, header=header)
     (outcome,) = _run(call, [draft], now)
     observability.count_outcomes([outcome.status])
     if outcome.error is not None:
@@ -92,15 +135,17 @@ def ingest_event(call: Call) -> Reply:
     max_body_bytes=BATCH_BODY_LIMIT,
     body=UsageEventBatchCreate,
     responses={200: BatchResultPublic},
+    headers=_BATCH_KEY_HEADER,
 )
 def ingest_batch(call: Call) -> Reply:
     """Ingest up to 100 events; one result per item, in order (a bad item does not sink the others)."""
     now = call.container.clock()
+    header = header_key(call, MAX_BATCH_KEY_HEADER)
     body = call.body_as(UsageEventBatchCreate)
     items: list[usage.UsageDraft | MeteringError] = []
     for index, data in enumerate(body.events):
         try:
-            items.append(draft_from_body(data, now, prefix=f"events[{index}]"))
+            items.append(draft_from_body(data, now, f"events[{index}]", batch_key(header, index, data)))
         except MeteringError as error:
             items.append(error)
     results = []

@@ -4,6 +4,12 @@ Field names are the document's (camelCase), so the models here use them as they 
 
 Subscriptions are the organization's service lines; a subscription can report
 to a meter when its billing model rates that meter. Errors are `{code, message}`.
+
+A report that names no `subscriptionId` (the document's body) goes to the meter's default
+subscription: the oldest active one that rates it (`services.ingest.default_line`), which is
+listed first by the subscriptions endpoints. A replayed key answers `duplicate` with the
+original `requestId` whatever changed in the catalog since (paused, archived, a second
+subscription, another plan).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from chalicelib.api.http import Call, Reply, endpoint, parse_model
 from chalicelib.domain import usage
 from chalicelib.domain.auth import METER_REPORT
 from chalicelib.domain.models import METERED_USAGE_FEATURE, PRODUCT_LINE_NAMES, Meter, ServiceLine
-from chalicelib.errors import ErrorCode, MeteringError
+from chalicelib.errors import ErrorCode, MeteringError, validation_error
 from chalicelib.services.ingest import ingest
+from chalicelib.services.ingest import reporting_lines as lines_of_meter
 from chalicelib.services.ports import CatalogRepository
 
 bp = Blueprint(__name__)
@@ -71,7 +78,12 @@ class ReportUsageBody(BaseModel):
     customerId: str = Field(min_length=1, max_length=64)
     meterId: str | None = Field(default=None, max_length=64)
     meterName: str | None = Field(default=None, max_length=64)
-    subscriptionId: str | None = Field(default=None, max_length=64)
+    subscriptionId: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An extension of the document: the subscription to report to. Without it, the "
+        "meter's default subscription (the oldest active one that rates it) takes the report.",
+    )
     timestamp: str | None = Field(default=None, description="ISO-8601; defaults to now.")
     metadata: dict[str, Any] | None = None
 
@@ -118,11 +130,12 @@ class ReportQueuedPublic(BaseModel):
 class ReportDuplicatePublic(BaseModel):
     status: Literal["duplicate"]
     idempotencyKey: str
+    requestId: str = Field(description="The requestId the first report of this key answered with.")
 
 
 _KEY_HEADERS = {
     "Idempotency-Key": "Deduplicates retries (required unless x-api-idempotency-key is sent).",
-    "x-api-idempotency-key": "The same, under the reference's header name.",
+    "x-api-idempotency-key": "The same, under the reference's header name; when both are sent they must be equal.",
 }
 
 
@@ -135,29 +148,40 @@ def require_license(catalog: CatalogRepository, organization_id: str) -> None:
 
 
 def find_meter(catalog: CatalogRepository, meter_id: str | None, meter_name: str | None) -> Meter:
-    """A meter by UUID or by name; 400 METER_IDENTIFIER_REQUIRED, 404 METER_NOT_FOUND."""
-    if meter_id:
-        meter = catalog.get_meter_by_uuid(meter_id) if _UUID.match(meter_id) else None
-        if meter is None:
-            raise MeteringError(ErrorCode.METER_NOT_FOUND, f"No meter has the id '{meter_id}'.")
-        return meter
-    if meter_name:
-        meter = catalog.get_meter(meter_name) or next(
-            (m for m in catalog.list_meters() if m.name.lower() == meter_name.lower()), None
+    """A meter by UUID or by name (both: they must name the same meter); 400 METER_IDENTIFIER_REQUIRED,
+    404 METER_NOT_FOUND, 400 VALIDATION_ERROR when they name different meters."""
+    by_id = _meter_by_id(catalog, meter_id) if meter_id else None
+    by_name = _meter_by_name(catalog, meter_name) if meter_name else None
+    if by_id is not None and by_name is not None and by_id.id != by_name.id:
+        raise validation_error(
+            "meterName", f"names meter '{by_name.id}' but meterId is meter '{by_id.id}'; send one, or both of one meter"
         )
-        if meter is None:
-            raise MeteringError(ErrorCode.METER_NOT_FOUND, f"No meter is named '{meter_name}'.")
-        return meter
-    raise MeteringError(ErrorCode.METER_IDENTIFIER_REQUIRED)
+    meter = by_id or by_name
+    if meter is None:
+        raise MeteringError(ErrorCode.METER_IDENTIFIER_REQUIRED)
+    return meter
+
+
+def _meter_by_id(catalog: CatalogRepository, meter_id: str) -> Meter:
+    meter = catalog.get_meter_by_uuid(meter_id) if _UUID.match(meter_id) else None
+    if meter is None:
+        raise MeteringError(ErrorCode.METER_NOT_FOUND, f"No meter has the id '{meter_id}'.")
+    return meter
+
+
+def _meter_by_name(catalog: CatalogRepository, meter_name: str) -> Meter:
+    meter = catalog.get_meter(meter_name) or next(
+        (m for m in catalog.list_meters() if m.name.lower() == meter_name.lower()), None
+    )
+    if meter is None:
+        raise MeteringError(ErrorCode.METER_NOT_FOUND, f"No meter is named '{meter_name}'.")
+    return meter
 
 
 def reporting_lines(catalog: CatalogRepository, organization_id: str, meter: Meter) -> list[ServiceLine]:
-    """The organization's active service lines that can report to the meter (paused ones excluded)."""
-    return [
-        line
-        for line in catalog.list_service_lines(organization_id)
-        if line.status == "active" and line.permits(meter.id)
-    ]
+    """The organization's active service lines that can report to the meter (paused ones excluded),
+    the default subscription first."""
+    return lines_of_meter(catalog, organization_id, meter.id)
 
 
 def subscription_public(line: ServiceLine, meter: Meter) -> dict[str, Any]:
@@ -234,28 +258,19 @@ def meter_subscriptions_by_name(call: Call) -> Reply:
     headers=_KEY_HEADERS,
 )
 def report_usage(call: Call) -> Reply:
-    """Report usage to a meter: 202 queued, or 200 duplicate for a replayed idempotency key."""
-    key = call.header("idempotency-key") or call.header("x-api-idempotency-key")
-    if not key:
-        raise MeteringError(
-            ErrorCode.IDEMPOTENCY_KEY_REQUIRED, "The Idempotency-Key (or x-api-idempotency-key) header is required."
-        )
-    key = usage.check_idempotency_key(key, "Idempotency-Key")
+    """Report usage to a meter: 202 queued, or 200 duplicate (with the first requestId) for a replayed key."""
+    key = idempotency_key(call)
     now = call.container.clock()
     body = parse_model(ReportUsageBody, call.json())
     catalog = call.container.catalog
     if body.customerId != call.organization_id:
         raise MeteringError(ErrorCode.CUSTOMER_NOT_FOUND, f"No customer '{body.customerId}' is visible to this key.")
-    require_license(catalog, call.organization_id)
     meter = find_meter(catalog, body.meterId, body.meterName)
-    if not meter.active:
-        raise MeteringError(ErrorCode.METER_ARCHIVED, f"Meter '{meter.id}' is archived; usage is rejected.")
     quantity = usage.check_quantity(body.value, "value")
     event_time = usage.check_timestamp(body.timestamp, now) if body.timestamp is not None else None
     metadata = usage.check_metadata(body.metadata)
-    line_id = body.subscriptionId or _only_line(reporting_lines(catalog, call.organization_id, meter), meter)
     draft = usage.UsageDraft(
-        service_line_id=line_id,
+        service_line_id=body.subscriptionId or "",
         meter=meter.id,
         quantity=quantity,
         period_date=(event_time or now).date(),
@@ -266,25 +281,35 @@ def report_usage(call: Call) -> Reply:
         period_date_given=event_time is not None,
     )
     c = call.container
-    (outcome,) = ingest([draft], call.organization_id, catalog, c.events, c.queue, now)
+    (outcome,) = ingest(
+        [draft],
+        call.organization_id,
+        catalog,
+        c.events,
+        c.queue,
+        now,
+        guard=lambda: require_license(catalog, call.organization_id),
+        line_by_rule=body.subscriptionId is None,
+    )
     observability.count_outcomes([outcome.status])
-    if outcome.status == "duplicate":
-        return Reply({"status": "duplicate", "idempotencyKey": key}, 200)
     if outcome.error is not None:
         raise outcome.error
     assert outcome.event is not None
+    if outcome.status == "duplicate":
+        return Reply({"status": "duplicate", "idempotencyKey": key, "requestId": outcome.event.id}, 200)
     return Reply({"status": "queued", "requestId": outcome.event.id}, 202)
 
 
-def _only_line(lines: list[ServiceLine], meter: Meter) -> str:
-    if not lines:
-        raise MeteringError(
-            ErrorCode.SERVICE_LINE_NOT_FOUND, f"No active subscription of this customer reports to '{meter.id}'."
+def idempotency_key(call: Call) -> str:
+    """The report's key from `Idempotency-Key` or `x-api-idempotency-key` (equal when both are sent)."""
+    first, second = call.header("idempotency-key"), call.header("x-api-idempotency-key")
+    if first and second and first != second:
+        raise validation_error(
+            "x-api-idempotency-key", "differs from the Idempotency-Key header; send one, or the same key in both"
         )
-    if len(lines) > 1:
+    key = first or second
+    if not key:
         raise MeteringError(
-            ErrorCode.AMBIGUOUS_SERVICE_LINE,
-            f"Subscriptions {', '.join(line.id for line in lines)} all report to '{meter.id}'; "
-            "name one with subscriptionId.",
+            ErrorCode.IDEMPOTENCY_KEY_REQUIRED, "The Idempotency-Key (or x-api-idempotency-key) header is required."
         )
-    return lines[0].id
+    return usage.check_idempotency_key(key, "Idempotency-Key" if first else "x-api-idempotency-key")

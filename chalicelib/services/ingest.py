@@ -1,5 +1,12 @@
 """Ingesting usage: validate against the catalog, store exactly once, hand to the rollups.
 
+Replays come first: the catalog (line status, meter status, plan, which subscription takes
+a meter) only decides whether a NEW event may be stored. A draft the catalog admits is
+written by a conditional put whose failure returns the stored event (ALL_OLD), so the first
+acceptance costs no read; a draft the catalog refuses is looked up by its idempotency key
+(one read), and a stored event within the 48-hour window answers it as a replay
+(or a conflict) whatever changed in the catalog since.
+
 Order of writes, so that an accepted event can never miss the rollups:
 1. the batch's pending record (which events it means to write);
 2. each event, by a conditional put on its (organization, idempotency key) slot;
@@ -12,9 +19,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -104,22 +111,73 @@ def resolve(
     return line.workspace_id, meter.unit
 
 
-def _judge(existing: UsageEvent, candidate: UsageEvent) -> IngestOutcome:
-    if existing.payload_hash == candidate.payload_hash:
+def reporting_lines(catalog: CatalogRepository, organization_id: str, meter_id: str) -> list[ServiceLine]:
+    """The organization's active lines that rate the meter, oldest first (created_at, then id).
+
+    The first is the meter's default subscription: it takes a report that names no line.
+    """
+    lines = [
+        line
+        for line in catalog.list_service_lines(organization_id)
+        if line.status == "active" and line.permits(meter_id)
+    ]
+    return sorted(lines, key=lambda line: (line.created_at, line.id))
+
+
+def default_line(catalog: CatalogRepository, organization_id: str, meter_id: str) -> str:
+    """The line that takes a report to the meter naming none: the oldest active line rating it."""
+    lines = reporting_lines(catalog, organization_id, meter_id)
+    if lines:
+        return lines[0].id
+    paused = sorted(
+        (line for line in catalog.list_service_lines(organization_id) if line.permits(meter_id)),
+        key=lambda line: (line.created_at, line.id),
+    )
+    if paused:
+        raise MeteringError(
+            ErrorCode.SERVICE_LINE_INACTIVE,
+            f"Every subscription of this customer that reports to '{meter_id}' is paused "
+            f"({', '.join(line.id for line in paused)}).",
+        )
+    raise MeteringError(
+        ErrorCode.SERVICE_LINE_NOT_FOUND, f"No active subscription of this customer reports to '{meter_id}'."
+    )
+
+
+Matcher = Callable[[UsageEvent], bool]
+
+
+def matcher(draft: UsageDraft, line_by_rule: bool = False) -> Matcher:
+    """Whether a stored event is this draft's replay: the same fingerprint of what the caller chose.
+
+    When the service chose the line (`line_by_rule`), the line is not the caller's choice: the
+    stored event's line stands in for it, so a replay matches whichever line the rule picks now.
+    """
+    if not line_by_rule:
+        digest = draft.payload_hash()
+        return lambda existing: existing.payload_hash == digest
+
+    def matches(existing: UsageEvent) -> bool:
+        return replace(draft, service_line_id=existing.service_line_id).payload_hash() == existing.payload_hash
+
+    return matches
+
+
+def _judge(existing: UsageEvent, key: str | None, matches: Matcher) -> IngestOutcome:
+    if matches(existing):
         return IngestOutcome("duplicate", existing)
     return IngestOutcome(
         "conflict",
         existing,
         MeteringError(
             ErrorCode.IDEMPOTENCY_CONFLICT,
-            f"Idempotency key '{candidate.idempotency_key}' was used for a different payload "
-            f"(event {existing.id}); nothing was written.",
+            f"Idempotency key '{key}' was used for a different payload (event {existing.id}); nothing was written.",
             field="idempotency_key",
         ),
     )
 
 
-def _store(events: DynamoEventStore, candidate: UsageEvent, now: datetime) -> IngestOutcome:
+def _store(events: DynamoEventStore, candidate: UsageEvent, now: datetime, matches: Matcher) -> IngestOutcome:
     slot = slot_for(candidate.idempotency_key, candidate.id)
     for _ in range(5):
         outcome = events.put_new(candidate, slot)
@@ -131,10 +189,57 @@ def _store(events: DynamoEventStore, candidate: UsageEvent, now: datetime) -> In
         if existing.id == candidate.id:  # our own write, whose first answer was lost (an SDK retry)
             return IngestOutcome("accepted", candidate)
         if within_idempotency_window(existing.recorded_at, now):
-            return _judge(existing, candidate)
+            return _judge(existing, candidate.idempotency_key, matches)
         if events.replace_expired(existing, candidate, slot):
             return IngestOutcome("accepted", candidate)
     raise MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "The idempotency key is contended; retry.")
+
+
+def _admit(
+    catalog: CatalogRepository,
+    organization_id: str,
+    draft: UsageDraft,
+    lines: dict[str, ServiceLine | None],
+    guard: Callable[[], None] | None,
+    line_by_rule: bool,
+) -> tuple[UsageDraft, str, str]:
+    """What the catalog says of a new event: its draft (line chosen), workspace and unit; or a refusal."""
+    if guard is not None:
+        guard()
+    if line_by_rule:
+        meter = catalog.get_meter(draft.meter)
+        if meter is not None and not meter.active:
+            raise MeteringError(ErrorCode.METER_ARCHIVED, f"Meter '{meter.id}' is archived.", field="meter")
+        draft = replace(draft, service_line_id=default_line(catalog, organization_id, draft.meter))
+    workspace_id, unit = resolve(catalog, organization_id, draft, lines)
+    return draft, workspace_id, unit
+
+
+def _replays_of_refused(
+    events: DynamoEventStore,
+    organization_id: str,
+    refused: dict[int, tuple[str, MeteringError]],
+    matchers: dict[int, Matcher],
+    now: datetime,
+) -> dict[int, IngestOutcome]:
+    """Answers for drafts the catalog refused: a stored event under their key within the window is
+    their replay (or conflict); otherwise the catalog's refusal stands. One strongly consistent read."""
+    if not refused:
+        return {}
+    try:
+        found = events.get_many(organization_id, [slot_for(key, "") for key, _ in refused.values()])
+    except Exception:
+        log.exception("looking up refused drafts' idempotency keys failed")
+        unavailable = MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Looking up the idempotency key failed; retry.")
+        return {index: IngestOutcome("rejected", error=unavailable) for index in refused}
+    answers: dict[int, IngestOutcome] = {}
+    for index, (key, error) in refused.items():
+        existing = found.get(slot_for(key, ""))
+        if existing is not None and within_idempotency_window(existing.recorded_at, now):
+            answers[index] = _judge(existing, key, matchers[index])
+        else:
+            answers[index] = IngestOutcome("rejected", error=error)
+    return answers
 
 
 def ingest(
@@ -145,53 +250,71 @@ def ingest(
     queue: MessageQueue,
     now: datetime,
     source_default: str = "api",
+    *,
+    guard: Callable[[], None] | None = None,
+    line_by_rule: bool = False,
 ) -> list[IngestOutcome]:
-    """Ingest reported events (a bad item is rejected alone); one outcome per item, in order."""
+    """Ingest reported events (a bad item is rejected alone); one outcome per item, in order.
+
+    `guard` is a catalog check every new event must pass and a replay need not (002: the plan's
+    license). With `line_by_rule` the drafts name no line: each goes to its meter's default
+    subscription (`default_line`), and a replay matches whatever line its event went to.
+    """
     now = truncate_to_millis(now)
     batch = new_batch_id(now)
     outcomes: list[IngestOutcome | None] = [None] * len(items)
     candidates: dict[int, UsageEvent] = {}
+    matchers: dict[int, Matcher] = {}
     leaders: dict[str, int] = {}
     lines: dict[str, ServiceLine | None] = {}
     followers: dict[int, int] = {}
+    refused: dict[int, tuple[str, MeteringError]] = {}
     for index, item in enumerate(items):
         if isinstance(item, MeteringError):
             outcomes[index] = IngestOutcome("rejected", error=item)
             continue
+        key = item.idempotency_key
+        matchers[index] = matcher(item, line_by_rule)
         try:
-            workspace_id, unit = resolve(catalog, organization_id, item, lines)
+            admitted, workspace_id, unit = _admit(catalog, organization_id, item, lines, guard, line_by_rule)
         except MeteringError as error:
-            outcomes[index] = IngestOutcome("rejected", error=error)
+            if key is None:
+                outcomes[index] = IngestOutcome("rejected", error=error)
+            elif key in leaders:  # an earlier item of this request stores the key: judged against it
+                followers[index] = leaders[key]
+            else:
+                refused[index] = (key, error)
             continue
         event = UsageEvent(
             id=usage_event_id(now),
             organization_id=organization_id,
             workspace_id=workspace_id,
-            service_line_id=item.service_line_id,
-            meter=item.meter,
-            quantity=item.quantity,
+            service_line_id=admitted.service_line_id,
+            meter=admitted.meter,
+            quantity=admitted.quantity,
             unit=unit,
-            period_date=item.period_date,
-            event_time=truncate_to_millis(item.event_time or now),
+            period_date=admitted.period_date,
+            event_time=truncate_to_millis(admitted.event_time or now),
             recorded_at=now,
-            source=item.source or source_default,
-            metadata=dict(item.metadata),
-            idempotency_key=item.idempotency_key,
-            payload_hash=item.payload_hash(),
+            source=admitted.source or source_default,
+            metadata=dict(admitted.metadata),
+            idempotency_key=key,
+            payload_hash=admitted.payload_hash(),
             batch_id=batch,
         )
-        if item.idempotency_key is not None and item.idempotency_key in leaders:
-            followers[index] = leaders[item.idempotency_key]
-            candidates[index] = event
+        if key is not None and key in leaders:
+            followers[index] = leaders[key]
             continue
-        if item.idempotency_key is not None:
-            leaders[item.idempotency_key] = index
+        if key is not None:
+            leaders[key] = index
         candidates[index] = event
-    to_write = {i: e for i, e in candidates.items() if i not in followers}
+    for index, answer in _replays_of_refused(events, organization_id, refused, matchers, now).items():
+        outcomes[index] = answer
+    to_write = candidates
     if to_write:
         pairs = tuple((slot_for(e.idempotency_key, e.id), e.id) for e in to_write.values())
         events.put_pending(PendingBatch(batch, organization_id, now, pairs))
-        futures = {i: _executor().submit(_store, events, e, now) for i, e in to_write.items()}
+        futures = {i: _executor().submit(_store, events, e, now, matchers[i]) for i, e in to_write.items()}
         uncertain = False
         for index, future in futures.items():
             try:
@@ -213,7 +336,7 @@ def ingest(
         if lead is None or lead.event is None:
             outcomes[index] = lead
         else:
-            outcomes[index] = _judge(lead.event, candidates[index])
+            outcomes[index] = _judge(lead.event, lead.event.idempotency_key, matchers[index])
     return [
         o if o is not None else IngestOutcome("rejected", error=MeteringError(ErrorCode.INTERNAL_ERROR))
         for o in outcomes

@@ -49,8 +49,12 @@ def body(response: Any) -> Any:
     return json.loads(response.body, parse_float=Decimal)
 
 
-def post(client: Any, payload: Any, key: str | None = FULL_KEY, path: str = EVENTS) -> Any:
+def post(
+    client: Any, payload: Any, key: str | None = FULL_KEY, path: str = EVENTS, idempotency_key: str | None = None
+) -> Any:
     headers = auth(key) if key is not None else {"Content-Type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
     raw = payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
     return client.http.post(path, headers=headers, body=raw)
 
@@ -720,3 +724,91 @@ def test_batch_keys_are_scoped_to_the_organization(client: Any, container: Conta
     assert mine["status"] == theirs["status"] == "accepted"
     assert mine["data"]["id"] != theirs["data"]["id"]
     assert len(stored_events(container)) == 2
+
+
+# -- the Idempotency-Key header ----------------------------------------------------------
+
+
+def test_idempotency_key_header_keys_a_single_event(client: Any, container: Container, clock: Clock) -> None:
+    """A client following the common convention (the key in a header) gets its retries deduplicated."""
+    first = post(client, event(quantity=3, period_date="2026-05-09"), idempotency_key="hdr-1")
+    assert first.status_code == 201, first.body
+    clock.advance(timedelta(minutes=3))
+    retry = post(client, event(quantity=3, period_date="2026-05-09"), idempotency_key="hdr-1")
+    assert retry.status_code == 200, retry.body
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert body(retry)["data"] == body(first)["data"]
+    # the header's key is the event's key: the body may name it too, or a replay may use either
+    both = post(client, event(quantity=3, period_date="2026-05-09", idempotency_key="hdr-1"), idempotency_key="hdr-1")
+    body_only = post(client, event(quantity=3, period_date="2026-05-09", idempotency_key="hdr-1"))
+    assert both.status_code == body_only.status_code == 200
+    assert body(both)["data"]["id"] == body(body_only)["data"]["id"] == body(first)["data"]["id"]
+    # another payload under the header's key is a conflict
+    conflict = post(client, event(quantity=4, period_date="2026-05-09"), idempotency_key="hdr-1")
+    assert conflict.status_code == 409 and error_of(conflict)["code"] == "idempotency_conflict"
+    (stored,) = stored_events(container)
+    assert stored["idempotency_key"] == "hdr-1" and stored["pk"] == f"EV#{ORG}#K#hdr-1"
+
+
+def test_header_and_body_keys_that_differ_are_400_naming_the_field(
+    client: Any, container: Container, clock: Clock
+) -> None:
+    before = snapshot(container)
+    response = post(client, event(idempotency_key="body-key"), idempotency_key="header-key")
+    assert response.status_code == 400, response.body
+    error = error_of(response)
+    assert error["code"] == "validation_error"
+    assert error["field"] == "idempotency_key"
+    assert "Idempotency-Key" in error["message"]
+    assert snapshot(container) == before
+    assert take_queued_messages(container) == []
+    for bad in ("", "has space", "x" * 129):
+        bad_header = post(client, event(), idempotency_key=bad)
+        assert bad_header.status_code == 400, bad
+        assert error_of(bad_header)["field"] == "Idempotency-Key"
+    assert snapshot(container) == before
+
+
+def test_batch_header_keys_each_event_by_its_position(client: Any, container: Container, clock: Clock) -> None:
+    items = [
+        event(quantity=1, period_date="2026-05-08"),
+        event(service_line_id=AGENT, meter="agent.runs", quantity=12, period_date="2026-05-09"),
+        event(quantity=2, period_date="2026-05-10", idempotency_key="own-key"),
+        event(service_line_id=AGENT, meter="agent.tokens", quantity=48000, metadata={"model": "large"}),
+    ]
+    first = post(client, {"events": items}, path=BATCH, idempotency_key="import-7")
+    assert [r["status"] for r in body(first)["data"]] == ["accepted"] * 4
+    keys = {e["id"]: e["idempotency_key"] for e in stored_events(container)}
+    assert [keys[r["data"]["id"]] for r in body(first)["data"]] == ["import-7:0", "import-7:1", "own-key", "import-7:3"]
+
+    clock.advance(timedelta(hours=2))
+    retry = post(client, {"events": items}, path=BATCH, idempotency_key="import-7")
+    assert [r["status"] for r in body(retry)["data"]] == ["duplicate"] * 4
+    assert [r["data"] for r in body(retry)["data"]] == [r["data"] for r in body(first)["data"]]
+    # the same header with an event changed: that item conflicts, the others are replays
+    changed = [items[0], {**items[1], "quantity": 13}, items[2], items[3]]
+    third = body(post(client, {"events": changed}, path=BATCH, idempotency_key="import-7"))["data"]
+    assert [r["status"] for r in third] == ["duplicate", "conflict", "duplicate", "duplicate"]
+    assert len(stored_events(container)) == 4
+    # an event keyed by the header alone can be replayed on its own under its derived key
+    alone = post(client, items[1], idempotency_key="import-7:1")
+    assert alone.status_code == 200 and body(alone)["data"] == body(first)["data"][1]["data"]
+
+
+def test_batch_header_leaves_room_for_the_index(client: Any, container: Container, clock: Clock) -> None:
+    items = [event(quantity=i) for i in range(100)]
+    too_long = post(client, {"events": items}, path=BATCH, idempotency_key="k" * 126)
+    assert too_long.status_code == 400
+    assert error_of(too_long)["field"] == "Idempotency-Key"
+    assert stored_events(container) == []
+    longest = body(post(client, {"events": items}, path=BATCH, idempotency_key="k" * 125))["data"]
+    assert {r["status"] for r in longest} == {"accepted"}
+    assert max(len(e["idempotency_key"]) for e in stored_events(container)) == 128
+
+
+def test_openapi_documents_the_idempotency_key_header(client: Any, container: Container) -> None:
+    document = json.loads(client.http.get("/openapi.json").body)
+    for path in (EVENTS, BATCH):
+        parameters = document["paths"][path]["post"].get("parameters", [])
+        (header,) = [p for p in parameters if p["in"] == "header" and p["name"] == "Idempotency-Key"]
+        assert header["description"]

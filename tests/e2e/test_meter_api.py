@@ -288,11 +288,13 @@ def test_replay_is_a_duplicate_and_is_ingested_once(client: Any, container: Cont
     payload = usage_body(value=Decimal("2.5"), meterName="agent.tokens")
     first = report(client, payload, "tokens-1")
     assert first.status_code == 202
+    request_id = body(first)["requestId"]
     for header in ("Idempotency-Key", "x-api-idempotency-key", "Idempotency-Key"):
         clock.now += timedelta(minutes=7)
         again = report(client, payload, "tokens-1", header=header)
         assert again.status_code == 200, again.body
-        assert body(again) == {"status": "duplicate", "idempotencyKey": "tokens-1"}
+        # the replay names the same request as the first answer did
+        assert body(again) == {"status": "duplicate", "idempotencyKey": "tokens-1", "requestId": request_id}
     (event,) = listed(client, {"service_line_id": AGENT})
     assert event["quantity"] == Decimal("2.5")
     run_aggregator(client, container)
@@ -306,11 +308,12 @@ def test_replay_after_midnight_without_a_timestamp_is_still_a_duplicate(
     duplicate even when the retry arrives after midnight UTC."""
     clock.now = datetime(2026, 5, 10, 23, 59, 50, tzinfo=UTC)
     payload = usage_body(value=5)
-    assert report(client, payload, "late-night").status_code == 202
+    first = report(client, payload, "late-night")
+    assert first.status_code == 202
     clock.now = datetime(2026, 5, 11, 0, 0, 20, tzinfo=UTC)
     again = report(client, payload, "late-night")
     assert again.status_code == 200, again.body
-    assert body(again) == {"status": "duplicate", "idempotencyKey": "late-night"}
+    assert body(again) == {"status": "duplicate", "idempotencyKey": "late-night", "requestId": body(first)["requestId"]}
     assert len(listed(client, {"service_line_id": AGENT})) == 1
 
 
@@ -523,14 +526,52 @@ def test_reported_usage_is_visible_to_the_native_api(client: Any, container: Con
     assert summary_quantities(client, AGENT) == {"agent.runs": Decimal(12)}
 
 
-def test_report_with_several_reporting_lines_names_one(client: Any, container: Container, clock: Clock) -> None:
-    put_line(container, SECOND_TALENT, "talent", {"talent.hours": "70"})
-    response = report(client, usage_body(meterName="talent.hours", value=1), "ambiguous")
-    assert 400 <= response.status_code < 500
-    assert listed(client) == []
-    chosen = report(client, usage_body(meterName="talent.hours", value=1, subscriptionId=SECOND_TALENT), "chosen")
+def test_documented_body_goes_to_the_oldest_active_subscription(
+    client: Any, container: Container, clock: Clock
+) -> None:
+    """The document's body has no subscriptionId: with several active subscriptions rating the meter,
+    the oldest (created_at, then id) takes the report, and it is listed first."""
+    put_line(container, SECOND_TALENT, "talent", {"talent.hours": "70"})  # created 2026-04-01, after TALENT
+    created = client.http.post(
+        "/v1/service-lines",
+        headers=auth(),
+        body=simplejson.dumps(
+            {"workspace_id": WORKSPACE, "name": "Newest", "product_line": "talent", "rates": {"talent.hours": 90}}
+        ),
+    )
+    assert created.status_code == 201, created.body
+    newest = body(created)["data"]["id"]
+    listing = [s["subscriptionId"] for s in body(by_name(client, "talent.hours"))["subscriptions"]]
+    assert listing == [TALENT, SECOND_TALENT, newest]
+
+    for n, day in enumerate(("2026-05-08", "2026-05-09", "2026-05-10")):
+        response = report(
+            client, usage_body(meterName="talent.hours", value=n + 1, timestamp=f"{day}T09:00:00Z"), f"h-{n}"
+        )
+        assert response.status_code == 202, response.body
+    assert {e["service_line_id"] for e in listed(client)} == {TALENT}
+
+    # the oldest paused: the next oldest takes new reports, and is listed first
+    assert client.http.post(f"/v1/service-lines/{TALENT}/pause", headers=auth()).status_code == 200
+    assert [s["subscriptionId"] for s in body(by_name(client, "talent.hours"))["subscriptions"]] == [
+        SECOND_TALENT,
+        newest,
+    ]
+    assert report(client, usage_body(meterName="talent.hours", value=10), "h-after-pause").status_code == 202
+    # subscriptionId (an extension of the document) still picks one explicitly
+    chosen = report(client, usage_body(meterName="talent.hours", value=20, subscriptionId=newest), "h-chosen")
     assert chosen.status_code == 202, chosen.body
-    assert [e["service_line_id"] for e in listed(client)] == [SECOND_TALENT]
+    by_line = {(e["service_line_id"], e["quantity"]) for e in listed(client, {"meter": "talent.hours"})}
+    assert by_line == {(TALENT, 1), (TALENT, 2), (TALENT, 3), (SECOND_TALENT, 10), (newest, 20)}
+
+
+def test_only_paused_subscriptions_rating_the_meter_is_a_409(client: Any, container: Container, clock: Clock) -> None:
+    assert client.http.post(f"/v1/service-lines/{TALENT}/pause", headers=auth()).status_code == 200
+    error = meter_error(
+        report(client, usage_body(meterName="talent.days", value=1), "days-1"), 409, "SUBSCRIPTION_PAUSED"
+    )
+    assert TALENT in error["message"]
+    assert listed(client) == []
 
 
 def test_report_to_a_paused_subscription_is_refused(client: Any, container: Container, clock: Clock) -> None:
@@ -540,3 +581,51 @@ def test_report_to_a_paused_subscription_is_refused(client: Any, container: Cont
     assert listed(client) == []
     assert client.http.post(f"/v1/service-lines/{AGENT}/resume", headers=auth()).status_code == 200
     assert report(client, usage_body(), "paused").status_code == 202
+
+
+def test_meter_id_and_meter_name_of_different_meters_are_refused(client: Any, clock: Clock) -> None:
+    uuids = meter_uuids(client)
+    error = meter_error(
+        report(client, usage_body(meterId=uuids["agent.tokens"], meterName="agent.runs", value=5), "two-meters"),
+        400,
+        "VALIDATION_ERROR",
+    )
+    assert error["field"] == "meterName"
+    assert "agent.tokens" in error["message"] and "agent.runs" in error["message"]
+    assert listed(client) == []
+    # both naming the same meter (by id and by name) is one meter
+    same = report(client, usage_body(meterId=uuids["agent.runs"], meterName="agent.runs", value=5), "one-meter")
+    assert same.status_code == 202, same.body
+    (event,) = listed(client)
+    assert (event["meter"], event["quantity"]) == ("agent.runs", 5)
+
+
+def test_two_idempotency_headers_with_different_keys_are_refused(client: Any, clock: Clock) -> None:
+    headers = {**auth(), "Idempotency-Key": "key-a", "x-api-idempotency-key": "key-b"}
+    response = client.http.post(REPORT, headers=headers, body=simplejson.dumps(usage_body(value=1)))
+    error = meter_error(response, 400, "VALIDATION_ERROR")
+    assert error["field"] == "x-api-idempotency-key"
+    assert listed(client) == []
+    # the same key in both is one key: a replay through either header is a duplicate
+    both = {**auth(), "Idempotency-Key": "key-a", "x-api-idempotency-key": "key-a"}
+    first = client.http.post(REPORT, headers=both, body=simplejson.dumps(usage_body(value=1)))
+    assert first.status_code == 202, first.body
+    again = report(client, usage_body(value=1), "key-a", header="x-api-idempotency-key")
+    assert again.status_code == 200
+    assert body(again)["requestId"] == body(first)["requestId"]
+    assert len(listed(client)) == 1
+
+
+def test_date_only_timestamp_is_the_start_of_that_day_in_utc(client: Any, clock: Clock) -> None:
+    for n, day in enumerate(("2026-05-08", "2026-05-09", "2026-05-10")):
+        response = report(client, usage_body(value=n + 1, timestamp=day, meterName="agent.run_seconds"), f"day-{n}")
+        assert response.status_code == 202, response.body
+    events = listed(client, {"from": "2026-05-08", "to": "2026-05-10"})
+    assert {e["quantity"]: e["period_date"] for e in events} == {1: "2026-05-08", 2: "2026-05-09", 3: "2026-05-10"}
+    # the same instant spelled in full is the same report: a duplicate with the first requestId
+    first_id = next(e["id"] for e in events if e["quantity"] == 1)
+    again = report(
+        client, usage_body(value=1, timestamp="2026-05-08T00:00:00Z", meterName="agent.run_seconds"), "day-0"
+    )
+    assert again.status_code == 200, again.body
+    assert body(again)["requestId"] == first_id

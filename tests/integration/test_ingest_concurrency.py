@@ -148,6 +148,52 @@ def test_concurrent_replays_of_a_batch_return_the_same_ids(container: Container)
     assert sorted(queued) == sorted(ids_per_run[0])  # every event queued exactly once
 
 
+def test_fifty_concurrent_replays_after_a_pause_answer_the_original_and_write_nothing(container: Container) -> None:
+    first = ingest_one(container, draft(quantity="8", key="paused-1"))
+    assert first.status == "accepted" and first.event is not None
+    take_queued_messages(container)
+    line = container.catalog.get_service_line(ORG, TALENT)
+    assert line is not None
+    container.catalog.put_service_line(line.model_copy(update={"status": "paused"}))
+    before = stored_events(container), pending_records(container)
+
+    outcomes: list[IngestOutcome] = all_at_once(CALLERS, lambda _: ingest_one(container, draft(key="paused-1")))
+    assert [o.status for o in outcomes] == ["duplicate"] * CALLERS
+    assert {o.event.id for o in outcomes if o.event} == {first.event.id}
+    assert (stored_events(container), pending_records(container)) == before
+    assert take_queued_messages(container) == []
+    # a new key is refused by the paused line
+    assert ingest_one(container, draft(key="paused-2")).status == "rejected"
+
+
+def test_fifty_concurrent_first_reports_by_the_default_line_rule_store_one_event(container: Container) -> None:
+    # Two active lines rate talent.hours; reports that name none go to the oldest, once.
+    line = container.catalog.get_service_line(ORG, TALENT)
+    assert line is not None
+    container.catalog.put_service_line(
+        line.model_copy(update={"id": "LIN-26-300001", "created_at": datetime(2026, 4, 20, tzinfo=UTC)})
+    )
+
+    def call(_: int) -> IngestOutcome:
+        (outcome,) = ingest(
+            [draft(key="by-rule", service_line_id="")],
+            ORG,
+            container.catalog,
+            container.events,
+            container.queue,
+            NOW,
+            line_by_rule=True,
+        )
+        return outcome
+
+    outcomes: list[IngestOutcome] = all_at_once(CALLERS, call)
+    assert sorted(o.status for o in outcomes) == ["accepted"] + ["duplicate"] * (CALLERS - 1)
+    (stored,) = stored_events(container)
+    assert stored["service_line_id"] == TALENT
+    assert {o.event.id for o in outcomes if o.event} == {stored["id"]}
+    assert len(take_queued_messages(container)) == 1
+
+
 # -- the SQS hand-off ----------------------------------------------------------------
 
 
