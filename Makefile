@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+LOCAL_DATA_DIR ?= .local-data
+FRESH ?=
 STAMP := $(VENV)/.installed
 
 STAGE ?= dev
@@ -18,8 +20,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
+# The tables are kept in LOCAL_DATA_DIR across restarts; FRESH=1 starts empty (the old
+# snapshot is kept one step back). The emulated AWS is served on PORT + 1 (AWS_PORT).
 run: $(STAMP)
-	PORT=$(PORT) $(BIN)/python -m chalicelib.local.stack
+	PORT=$(PORT) LOCAL_DATA_DIR="$(LOCAL_DATA_DIR)" FRESH="$(FRESH)" exec $(BIN)/python -m chalicelib.local.stack
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

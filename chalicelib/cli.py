@@ -6,6 +6,9 @@ Run against a deployed stage with AWS credentials in the environment:
     python -m chalicelib.cli --stage prod workspaces create --org ORG-26-000001 --id WS-26-000001 --name "Platform"
     python -m chalicelib.cli --stage prod keys create --org ORG-26-090500 --scopes all --name billing-sync
     python -m chalicelib.cli --stage prod keys revoke key_0123456789abcdef
+    python -m chalicelib.cli --stage prod keys list --org ORG-26-090500
+Against `make run`'s emulated AWS instead (no AWS account), name its AWS endpoint:
+    python -m chalicelib.cli --endpoint-url http://127.0.0.1:8001 keys create --org ORG-26-090500
     python -m chalicelib.cli import usage.csv --base-url URL --api-key KEY
     python -m chalicelib.cli export --from 2026-04-01 --to 2026-04-30 --out april.csv --base-url URL --api-key KEY
 """
@@ -18,6 +21,9 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from chalicelib import backfill
 from chalicelib.config import reset_settings
@@ -26,12 +32,20 @@ from chalicelib.domain.auth import ALL_SCOPES, parse_scopes
 from chalicelib.domain.models import Organization, Workspace
 from chalicelib.services import catalog_admin
 from chalicelib.storage import clients
-from chalicelib.storage.catalog_repo import IdTakenError
+from chalicelib.storage.catalog_repo import DynamoCatalogRepository, IdTakenError
+
+if TYPE_CHECKING:
+    from chalicelib.domain.models import ApiKey
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--stage", help="stage whose tables to use (default: METERING_STAGE or dev)")
+    parser.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("METERING_AWS_ENDPOINT"),
+        help="send AWS requests here, e.g. the local stack's http://127.0.0.1:8001 (default: METERING_AWS_ENDPOINT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     cat = sub.add_parser("catalog", help="the platform catalog").add_subparsers(dest="action", required=True)
     cat.add_parser("load", help="write the repo's meters and plans into the stage")
@@ -54,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="api key")
     revoke = keys.add_parser("revoke", help="revoke a key by its id (key_...)")
     revoke.add_argument("key_id")
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--org", help="only this organization's keys")
     for name, text in (
         ("import", "import a CSV or JSON Lines backfill through the batch API"),
         ("export", "export usage events to CSV"),
@@ -115,9 +131,38 @@ def run(argv: Sequence[str] | None, container: Container | None = None) -> int:
             os.environ["METERING_STAGE"] = args.stage
             reset_settings()
             clients.reset_clients()
+        clients.use_endpoint(args.endpoint_url)
         from chalicelib.config import get_settings
 
         container = Container.from_settings(get_settings())
+    try:
+        return run_stage(args, container)
+    except (BotoCoreError, ClientError) as exc:
+        print(f"error: {aws_error(exc, container)}", file=sys.stderr)
+        return 1
+
+
+def aws_error(exc: BotoCoreError | ClientError, container: Container) -> str:
+    """One line saying what went wrong talking to AWS (or to the local stack's endpoint), and what to do."""
+    where = clients.endpoint() or f"AWS ({container.settings.region})"
+    if isinstance(exc, NoCredentialsError):
+        return (
+            "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for a deployed "
+            "stage, or pass --endpoint-url (METERING_AWS_ENDPOINT) with the local stack's aws endpoint"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot reach {where}: is the local stack running (make run)?" if clients.endpoint() else str(exc)
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        if code == "ResourceNotFoundException":
+            return f"{container.settings.catalog_table} not found at {where}: check --stage ({message})"
+        return f"{where} refused the request: {code}: {message}"
+    return f"{where}: {exc}"
+
+
+def run_stage(args: argparse.Namespace, container: Container) -> int:
+    """The commands that read and write the stage's tables."""
     repo = container.catalog
     if args.command == "catalog":
         meters, plans = catalog_admin.load_platform_catalog(repo)
@@ -159,11 +204,50 @@ def run(argv: Sequence[str] | None, container: Container | None = None) -> int:
         print(f"scopes:  {','.join(sorted(scopes))}")
         print(f"secret:  {issued.secret}   (shown once; only its hash is stored)")
         return 0
+    if args.action == "list":
+        listed = list_api_keys(repo, args.org)
+        print(f"{'key id':<22}  {'organization':<14}  {'status':<7}  {'created':<10}  {'name':<20}  scopes")
+        for k in listed:
+            created = k.created_at.date().isoformat()
+            print(
+                f"{k.key_id:<22}  {k.organization_id:<14}  {k.status:<7}  {created:<10}  {k.name:<20}  "
+                + ",".join(sorted(k.scopes))
+            )
+        return 0
     if repo.revoke_api_key(args.key_id):
         print(f"revoked {args.key_id}")
         return 0
     print(f"error: no key {args.key_id}", file=sys.stderr)
     return 1
+
+
+def list_api_keys(repo: DynamoCatalogRepository, organization_id: str | None = None) -> list[ApiKey]:
+    """The stage's API keys (optionally one organization's), by organization then creation time.
+
+    One Scan of the catalog table for the keys' hashes (the table holds no usage and stays
+    small), then each key read as the service reads it.
+    """
+    kwargs: dict[str, Any] = {
+        "TableName": repo.table_name,
+        "FilterExpression": "#kind = :kind",
+        "ProjectionExpression": "key_hash",
+        "ExpressionAttributeNames": {"#kind": "kind"},
+        "ExpressionAttributeValues": {":kind": {"S": "api_key"}},
+    }
+    found: list[ApiKey] = []
+    while True:
+        page = repo.client.scan(**kwargs)
+        for raw in page.get("Items", []):
+            api_key = repo.get_api_key(raw["key_hash"]["S"])
+            if api_key is not None:
+                found.append(api_key)
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return sorted(
+        (k for k in found if organization_id is None or k.organization_id == organization_id),
+        key=lambda k: (k.organization_id, k.created_at, k.key_id),
+    )
 
 
 def main() -> int:

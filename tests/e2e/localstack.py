@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,50 +19,121 @@ from chalicelib import jsonutil
 from tests.conftest import FULL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
+# Settings of `make run` a developer may have exported; a test states its own.
+_STACK_ENV = ("LOCAL_DATA_DIR", "FRESH", "SNAPSHOT_SECONDS", "DRAIN_SECONDS", "AWS_PORT", "PORT", "HOST")
+
+
+class StackProcess:
+    """`python -m chalicelib.local.stack --port 0 ...` as a subprocess, its output kept.
+
+    With `data_dir`, the tables are kept there across runs; without, in memory only.
+    """
+
+    def __init__(self, *extra: str, data_dir: Path | None = None) -> None:
+        self.args = ["--port", "0", *(["--data-dir", str(data_dir)] if data_dir else []), *extra]
+        self.base_url = ""
+        self.aws_url = ""
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def start(self, timeout: float = 120) -> StackProcess:
+        """Start it and wait for "ready"; AssertionError with its output if it does not get there."""
+        env = {k: v for k, v in os.environ.items() if k not in _STACK_ENV}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chalicelib.local.stack", *self.args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if line.startswith("usage-metering local stack: "):
+                self.base_url = line.split(": ", 1)[1].strip()
+            if line.strip().startswith("aws endpoint: "):
+                self.aws_url = line.split()[2]
+            if line.strip().startswith("ready"):
+                break
+        if not self.base_url or not self.lines[-1].startswith("ready"):
+            self.kill()
+            raise AssertionError("the local stack did not start:\n" + self.output)
+        # Keep reading its log, or a full pipe would block the server.
+        stdout = self.proc.stdout
+        self._reader = threading.Thread(target=lambda: self.lines.extend(stdout), daemon=True)
+        self._reader.start()
+        return self
+
+    def run_until_exit(self, timeout: float = 120) -> int:
+        """Start it and wait for it to exit by itself (a stack that refuses to start); its exit code."""
+        env = {k: v for k, v in os.environ.items() if k not in _STACK_ENV}
+        done = subprocess.run(
+            [sys.executable, "-m", "chalicelib.local.stack", *self.args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        self.lines = [done.stdout, done.stderr]
+        return done.returncode
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 90) -> str:
+        """Send `sig` (Ctrl-C by default), wait for a clean exit; the whole output."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        assert self.proc.returncode == 0, self.output[-5000:]
+        assert "stopped" in self.output, self.output[-5000:]
+        return self.output
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown at all, as a crash or `kill -9`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
 
 @contextmanager
-def running_stack(*extra: str) -> Iterator[str]:
-    """`python -m chalicelib.local.stack --port 0` as a subprocess; yields its base URL, stops it with Ctrl-C."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chalicelib.local.stack", "--port", "0", *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    base_url = None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("usage-metering local stack: "):
-            base_url = line.split(": ", 1)[1].strip()
-        if line.strip().startswith("ready"):
-            break
-    if base_url is None:
-        proc.kill()
-        raise AssertionError("the local stack did not start:\n" + "".join(lines))
-    # Keep reading its log, or a full pipe would block the server.
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
-    reader.start()
+def running_stack(*extra: str, data_dir: Path | None = None) -> Iterator[str]:
+    """A stack subprocess; yields its base URL, stops it with Ctrl-C (and checks it stopped cleanly)."""
+    with running_stack_process(*extra, data_dir=data_dir) as stack:
+        yield stack.base_url
+
+
+@contextmanager
+def running_stack_process(*extra: str, data_dir: Path | None = None) -> Iterator[StackProcess]:
+    """A stack subprocess; yields it, stops it with Ctrl-C unless the test already stopped or killed it."""
+    stack = StackProcess(*extra, data_dir=data_dir).start()
     try:
-        yield base_url
-    finally:
-        proc.send_signal(2)  # Ctrl-C
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        reader.join(timeout=10)
-        output = "".join(lines)
-        assert proc.returncode == 0, output[-5000:]
-        assert "stopped" in output
+        yield stack
+    except BaseException:
+        stack.kill()
+        raise
+    if stack.running:
+        stack.stop()
 
 
 def request(
@@ -73,7 +146,7 @@ def request(
     payload = jsonutil.dumps(data).encode() if data is not None else None
     req = urllib.request.Request(url, data=payload, headers=all_headers, method="POST" if data is not None else "GET")
     try:
-        with urllib.request.urlopen(req, timeout=10) as response:
+        with urllib.request.urlopen(req, timeout=30) as response:
             return response.status, jsonutil.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         return err.code, jsonutil.loads(err.read() or b"null")
