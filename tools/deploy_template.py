@@ -148,6 +148,7 @@ def grants(stage: str) -> dict[str, list[Grant]]:
             Grant("ListEvents", dynamodb("Query"), (index("events", "by_line"),)),
             Grant("ReadRollups", dynamodb("Query"), (table("rollups"),)),
             Grant("SendUsage", SQS_SEND_ACTIONS, (queue("usage"),)),
+            Grant("ReadCursorSecret", ("secretsmanager:GetSecretValue",), (cursor_secret_arn(stage),)),
         ],
         # SQS aggregator: read the batch's events, apply rollups with their markers, clear (or mark
         # dead-lettered) pending records; and run reconciliation work items: a line's events, its
@@ -260,6 +261,62 @@ def api_throttling(stage: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return parameters, method_settings
 
 
+CURSOR_SECRET = "CursorSecret"
+# API Gateway answers these itself (unknown path, throttling, a timeout...): the native error envelope,
+# fixed messages (API Gateway's own message for an unknown path quotes the request's Authorization header).
+GATEWAY_ERRORS = {
+    "MISSING_AUTHENTICATION_TOKEN": ("404", "not_found", "No resource exists at this path."),
+    "RESOURCE_NOT_FOUND": ("404", "not_found", "No resource exists at this path."),
+    "THROTTLED": ("429", "rate_limited", "Too many requests at once; retry after a second."),
+    "QUOTA_EXCEEDED": ("429", "rate_limited", "Too many requests; retry later."),
+    "REQUEST_TOO_LARGE": ("413", "payload_too_large", "The request body is too large."),
+    "INTEGRATION_TIMEOUT": ("504", "service_unavailable", "The service did not answer in time; retry."),
+    "DEFAULT_4XX": (None, "invalid_request", "The request was refused before it reached the service."),
+    "DEFAULT_5XX": (None, "service_unavailable", "The service is temporarily unavailable; retry."),
+}
+
+
+def cursor_secret_name(stage: str) -> str:
+    return f"{APP_NAME}-{stage}-cursor-secret"
+
+
+def cursor_secret_arn(stage: str) -> tuple[str, str]:
+    """The secret as a (service, resource) pair; Secrets Manager appends six random characters to the name."""
+    return ("secretsmanager", f"secret:{cursor_secret_name(stage)}-??????")
+
+
+def secrets_and_gateway_responses(stage: str, resources: dict[str, Any]) -> None:
+    """The cursor secret (generated at deploy, named to every function, read by the API handler only) and
+    API Gateway's own error answers in the native envelope."""
+    resources[CURSOR_SECRET] = {
+        "Type": "AWS::SecretsManager::Secret",
+        "DeletionPolicy": "Delete",
+        "UpdateReplacePolicy": "Delete",
+        "Properties": {
+            "Name": cursor_secret_name(stage),
+            "Description": "Encrypts and authenticates the usage API's page cursors (read once per container).",
+            "GenerateSecretString": {"PasswordLength": 64, "ExcludePunctuation": True},
+        },
+    }
+    for logical in FUNCTIONS.values():
+        props = resources[logical]["Properties"]
+        props["Environment"] = {"Variables": {"METERING_CURSOR_SECRET_ID": {"Ref": CURSOR_SECRET}}}
+    responses: dict[str, Any] = {}
+    for kind, (status, code, message) in GATEWAY_ERRORS.items():
+        body = json.dumps({"error": {"code": code, "message": message, "request_id": "$context.requestId"}})
+        headers = {"Content-Type": "'application/json'"}  # API Gateway adds x-amzn-RequestId itself
+        if kind == "THROTTLED":
+            headers["Retry-After"] = "'1'"
+        response: dict[str, Any] = {
+            "ResponseParameters": {"Headers": headers},
+            "ResponseTemplates": {"application/json": body},
+        }
+        if status is not None:
+            response["StatusCode"] = status
+        responses[kind] = response
+    resources[API]["Properties"]["GatewayResponses"] = responses
+
+
 def merge_template(stage: str) -> dict[str, Any]:
     resources: dict[str, Any] = {}
     for logical, spec in TABLES.items():
@@ -285,6 +342,7 @@ def merge_template(stage: str) -> dict[str, Any]:
     )
     parameters, method_settings = api_throttling(stage)
     resources[API] = {"Properties": {"MethodSettings": [method_settings]}}
+    secrets_and_gateway_responses(stage, resources)
     return {"Parameters": parameters, "Resources": resources, "Outputs": outputs}
 
 
