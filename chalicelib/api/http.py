@@ -3,6 +3,13 @@
 Chalice turns an exception raised in a route into its own response before
 middleware sees it, so every route goes through `endpoint`, which maps the
 service's errors (by class) to the route's dialect in one place.
+
+What Chalice or API Gateway would otherwise answer in their own shapes is
+answered here too (`answer_the_rest`): an unknown path is a 404 `not_found`,
+a method a path does not serve is a 405 `method_not_allowed` with `Allow`,
+each in the envelope of the dialect that owns the path (`PathOwner`). Every
+route accepts any Content-Type (or none) and reads its body as JSON, so there
+is no 415. No error body quotes a request header.
 """
 
 from __future__ import annotations
@@ -10,11 +17,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from chalice.app import Blueprint, Response
+from chalice.app import Blueprint, Chalice, Response
 from pydantic import BaseModel, ValidationError
 
 from chalicelib import jsonutil
@@ -28,6 +35,9 @@ log = logging.getLogger("usage-metering.http")
 M = TypeVar("M", bound=BaseModel)
 
 JSON = "application/json"
+# Every route takes any Content-Type (curl -d sends a form type; many clients send none) and reads JSON.
+ANY_CONTENT_TYPE = ["*/*"]
+ALL_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,34 @@ def render(status: int, body: Any, content_type: str, request_id: str, headers: 
     )
 
 
+def error_headers(error: MeteringError) -> Mapping[str, str]:
+    """Headers an error carries besides its body (a 429's Retry-After and rate-limit headers)."""
+    headers: Mapping[str, str] = getattr(error, "response_headers", None) or {}
+    return headers
+
+
+def request_id_of(request: Any) -> str:
+    """The request's id: API Gateway's (made up locally by the middleware), the same in logs and bodies."""
+    context = request.context or {}
+    return str(context.get("requestId") or uuid.uuid4())
+
+
+def log_request(
+    request_id: str, method: str, route: str, status: int, organization_id: str | None, started: float
+) -> None:
+    log.info(
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "route": route,
+            "status": status,
+            "organization_id": organization_id,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+
+
 def endpoint(
     bp: Blueprint,
     path: str,
@@ -204,10 +242,10 @@ def endpoint(
 
         def view(**path_params: str) -> Response:
             request = bp.current_request
-            context = request.context or {}
-            request_id = str(context.get("requestId") or uuid.uuid4())
+            request_id = request_id_of(request)
             started = time.monotonic()
             organization_id = None
+            quota_headers: Mapping[str, str] = {}
             try:
                 container = get_container()
                 headers = {k.lower(): v for k, v in (request.headers or {}).items()}
@@ -215,7 +253,8 @@ def endpoint(
                 organization_id = principal.organization_id
                 if scope is not None and not principal.can(scope):  # a refused call is not charged
                     raise MeteringError(ErrorCode.INSUFFICIENT_SCOPE, f"This operation needs the '{scope}' scope.")
-                container.limiter.check(principal.organization_id, container.clock())
+                quota = container.limiter.check(principal.organization_id, container.clock())
+                quota_headers = quota.headers() if quota is not None else {}
                 call = Call(
                     request_id=request_id,
                     principal=principal,
@@ -227,31 +266,156 @@ def endpoint(
                     max_body_bytes=max_body_bytes or container.settings.max_body_bytes,
                 )
                 reply = fn(call)
-                response = render(reply.status, reply.body, reply.content_type, request_id, reply.headers)
+                headers = {**quota_headers, **reply.headers}
+                response = render(reply.status, reply.body, reply.content_type, request_id, headers)
             except MeteringError as error:
                 if error.http_status >= 500:
                     log.error("request failed: %s", error)
                 body = dialect.error_body(error, request_id)
-                response = render(error.http_status, body, dialect.content_type, request_id)
+                headers = {**quota_headers, **error_headers(error)}
+                response = render(error.http_status, body, dialect.content_type, request_id, headers)
             except Exception:
                 log.exception("request failed unexpectedly")
                 internal = MeteringError(ErrorCode.INTERNAL_ERROR)
                 response = render(500, dialect.error_body(internal, request_id), dialect.content_type, request_id)
-            log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "route": path,
-                    "status": response.status_code,
-                    "organization_id": organization_id,
-                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
-                },
-            )
+            log_request(request_id, request.method, path, response.status_code, organization_id, started)
             return response
 
         view.__name__ = fn.__name__
         view.__doc__ = fn.__doc__
-        bp.route(path, methods=list(methods))(view)
+        bp.route(path, methods=list(methods), content_types=ANY_CONTENT_TYPE)(view)
         return fn
 
     return decorate
+
+
+# -- what no route answers: unknown paths, other methods -----------------------------------
+
+
+class MethodNotAllowed(MeteringError):
+    """405 method_not_allowed: the path exists, the method does not (`Allow` lists what does)."""
+
+    # TODO(errors.py): an ErrorCode.METHOD_NOT_ALLOWED (405) would replace these two overrides.
+    def __init__(self, method: str, allowed: Sequence[str]) -> None:
+        super().__init__(
+            ErrorCode.INVALID_REQUEST, f"This path does not serve {method}; it serves {', '.join(allowed)}."
+        )
+        self.response_headers = {"Allow": ", ".join(allowed)}
+
+    @property
+    def http_status(self) -> int:
+        return 405
+
+    @property
+    def code(self) -> str:
+        return "method_not_allowed"
+
+
+@dataclass(frozen=True)
+class PathOwner:
+    """A dialect owns the paths under `prefix` (segment by segment; `{}` matches any one segment).
+
+    With `methods`, only those methods of exactly that path (POST /v1/usage is Metronome's, GET is native).
+    """
+
+    prefix: str
+    dialect: Dialect
+    methods: frozenset[str] = frozenset()
+
+    def matches(self, path: str, method: str) -> int:
+        """How many segments of `path` this owner claims for `method` (0: none)."""
+        mine, theirs = _segments(self.prefix), _segments(path)
+        if self.methods and (method not in self.methods or len(mine) != len(theirs)):
+            return 0
+        if len(mine) > len(theirs):
+            return 0
+        for want, got in zip(mine, theirs, strict=False):
+            if want != "{}" and want != got:
+                return 0
+        return len(mine) + 1  # the root "/" claims 1: anything beats nothing
+
+
+def _segments(path: str) -> list[str]:
+    return [s for s in path.split("/") if s]
+
+
+def owner_of(owners: Sequence[PathOwner], path: str, method: str) -> Dialect:
+    """The dialect whose envelope answers `method path`: the owner claiming the most segments, else native."""
+    best: Dialect = NATIVE
+    best_len = 0
+    for owner in owners:
+        claimed = owner.matches(path, method)
+        if claimed > best_len:
+            best, best_len = owner.dialect, claimed
+    return best
+
+
+def edge_paths(route_paths: Iterable[str], extra_prefixes: Iterable[str] = ()) -> dict[str, bool]:
+    """Every path the edge must answer: each route and each prefix of one (False: no route there), and
+    `{proxy+}` under each of them that has no variable child (API Gateway allows one variable child).
+    """
+    routed = set(route_paths)
+    nodes = {"/"}
+    for path in [*routed, *extra_prefixes]:
+        parts = _segments(path)
+        nodes.update("/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    children: dict[str, list[str]] = {node: [] for node in nodes}
+    for node in nodes:
+        if node != "/":
+            parent = node.rsplit("/", 1)[0] or "/"
+            children[parent].append(node.rsplit("/", 1)[1])
+    result = {node: node in routed for node in nodes}
+    for node, kids in children.items():
+        if not any(k.startswith("{") for k in kids):
+            result[node.rstrip("/") + "/{proxy+}"] = False
+    return result
+
+
+EDGE_ROUTES: set[tuple[str, str]] = set()  # (path, METHOD) the edge answers; the OpenAPI document leaves them out
+
+
+def answer_the_rest(app: Chalice, owners: Sequence[PathOwner]) -> None:
+    """Register, after every blueprint: 404 on unknown paths, 405 (OPTIONS: 204) on other methods.
+
+    Each answer is in the envelope of the path's owner. Run once, when app.py is imported.
+    """
+    static_prefixes = [o.prefix for o in owners if "{}" not in o.prefix]
+    for n, (path, routed) in enumerate(sorted(edge_paths(list(app.routes), static_prefixes).items())):
+        served = sorted(app.routes.get(path, {})) if routed else []
+        missing = [m for m in ALL_METHODS if m not in served]
+        if not missing:
+            continue
+        view = _edge_view(app, owners, path, served)
+        view.__name__ = f"edge_{n}"
+        app.route(path, methods=missing, content_types=ANY_CONTENT_TYPE)(view)
+        EDGE_ROUTES.update((path, m) for m in missing)
+
+
+def _edge_view(app: Chalice, owners: Sequence[PathOwner], path: str, served: Sequence[str]) -> Callable[..., Response]:
+    allowed = [*served, *(["OPTIONS"] if "OPTIONS" not in served else [])] if served else []
+
+    def view(**_: str) -> Response:
+        request = app.current_request
+        assert request is not None  # Chalice sets it before calling a view
+        started = time.monotonic()
+        request_id = request_id_of(request)
+        method = str(request.method).upper()
+        if allowed and method == "OPTIONS":
+            response = Response(
+                body="", status_code=204, headers={"Allow": ", ".join(allowed), "X-Request-Id": request_id}
+            )
+        else:
+            error: MeteringError
+            if allowed:
+                error = MethodNotAllowed(method, allowed)
+            else:
+                error = MeteringError(ErrorCode.NOT_FOUND, "No resource exists at this path.")
+            dialect = owner_of(owners, path, method)
+            body = dialect.error_body(error, request_id)
+            response = render(error.http_status, body, dialect.content_type, request_id, error_headers(error))
+            if method == "HEAD":  # a HEAD answer has headers only
+                response.body = ""
+        log_request(request_id, method, path, response.status_code, None, started)
+        return response
+
+    return view

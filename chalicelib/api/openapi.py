@@ -10,7 +10,7 @@ from chalice.app import Blueprint, Response
 from pydantic import BaseModel
 
 from chalicelib import jsonutil
-from chalicelib.api.http import ROUTES, RouteDoc
+from chalicelib.api.http import ANY_CONTENT_TYPE, ROUTES, RouteDoc
 
 bp = Blueprint(__name__)
 
@@ -27,6 +27,26 @@ ERROR_STATUSES = {
     503: "Temporarily unavailable; retry.",
 }
 _PATH_PARAM = re.compile(r"{(\w+)}")
+
+# The monthly API-call quota, on every response of an organization whose plan has a limit.
+RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
+    "X-RateLimit-Limit": {
+        "description": "The plan's API calls per calendar month (UTC); only for plans with a limit.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Calls left this month, as this server knows it (concurrent servers may lag by a few).",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-RateLimit-Reset": {
+        "description": "When the count starts again: the Unix time (seconds) of the next month's first second, UTC.",
+        "schema": {"type": "integer"},
+    },
+}
+RETRY_AFTER = {
+    "description": "Seconds until calls are allowed again (the start of the next month, UTC).",
+    "schema": {"type": "integer", "minimum": 1},
+}
 
 
 class _Components:
@@ -82,16 +102,21 @@ def _operation(route: RouteDoc, components: _Components) -> dict[str, Any]:
         )
     content_type = route.dialect.content_type
     responses: dict[str, Any] = {}
+    quota_headers = {name: {"$ref": f"#/components/headers/{name}"} for name in RATE_LIMIT_HEADERS}
     for status, model in sorted(route.responses.items()):
         response: dict[str, Any] = {"description": "Success" if status < 300 else str(status)}
         if model is not None:
             response["content"] = {content_type: {"schema": components.ref(model)}}
+        if status < 300:
+            response["headers"] = dict(quota_headers)
         responses[str(status)] = response
     error_model = getattr(route.dialect, "error_model", None)
     for status, description in ERROR_STATUSES.items():
         response = {"description": description}
         if error_model is not None:
             response["content"] = {content_type: {"schema": components.ref(error_model)}}
+        if status == 429:
+            response["headers"] = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}, **quota_headers}
         responses.setdefault(str(status), response)
     operation: dict[str, Any] = {
         "operationId": route.name,
@@ -122,12 +147,16 @@ def build_document(routes: list[RouteDoc] | None = None) -> dict[str, Any]:
             "title": "Usage metering API",
             "version": "1.0.0",
             "description": "Native usage and metering API (Scrums.com documents 000/001) and the meter API, "
-            "Metronome and Scalr dialects over the same event store.",
+            "Metronome and Scalr dialects over the same event store. A request body is read as JSON whatever "
+            "its Content-Type (or none). An unknown path is a 404 `not_found` and a method a path does not "
+            "serve a 405 `method_not_allowed` (with `Allow`), in the error envelope of the dialect that owns "
+            "the path.",
         },
         "servers": [{"url": "/"}],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(components.schemas.items())),
+            "headers": {"Retry-After": RETRY_AFTER, **RATE_LIMIT_HEADERS},
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
     }
@@ -138,7 +167,7 @@ def _document_text() -> str:
     return jsonutil.dumps(build_document())
 
 
-@bp.route("/openapi.json", methods=["GET"])
+@bp.route("/openapi.json", methods=["GET"], content_types=ANY_CONTENT_TYPE)
 def openapi_document() -> Response:
     """The OpenAPI document (no key needed)."""
     return Response(body=_document_text(), status_code=200, headers={"Content-Type": "application/json"})

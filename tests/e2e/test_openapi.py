@@ -12,6 +12,7 @@ from typing import Any
 from openapi_spec_validator import validate
 
 from app import app
+from chalicelib.api.http import EDGE_ROUTES
 from chalicelib.api.openapi import build_document
 from tests.conftest import FULL_KEY
 from tests.e2e.localstack import running_stack
@@ -24,9 +25,33 @@ def test_document_is_valid_openapi_and_documents_every_route() -> None:
     validate(document)  # raises on an invalid document
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     routed = {
-        (path, method.lower()) for path, methods in app.routes.items() for method in methods if path != "/openapi.json"
+        (path, method.lower())
+        for path, methods in app.routes.items()
+        for method in methods
+        if path != "/openapi.json" and (path, method) not in EDGE_ROUTES
     }
     assert routed == documented
+    # what the edge answers (404 on unknown paths, 405 on other methods) is not an operation
+    assert not any("{proxy+}" in path for path in document["paths"])
+    assert ("/v1/meters", "DELETE") in EDGE_ROUTES and ("/v1/meters", "GET") not in EDGE_ROUTES
+
+
+def test_429_documents_retry_after_and_every_success_the_rate_limit_headers() -> None:
+    document = build_document()
+    headers = document["components"]["headers"]
+    assert {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} == set(headers)
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            limited = operation["responses"]["429"]["headers"]
+            assert limited["Retry-After"] == {"$ref": "#/components/headers/Retry-After"}, (path, method)
+            assert "X-RateLimit-Reset" in limited
+            for status, response in operation["responses"].items():
+                if status.startswith("2"):
+                    assert set(response["headers"]) == {
+                        "X-RateLimit-Limit",
+                        "X-RateLimit-Remaining",
+                        "X-RateLimit-Reset",
+                    }
 
 
 def test_native_routes_document_their_models_and_error_envelope() -> None:
