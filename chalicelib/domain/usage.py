@@ -70,23 +70,33 @@ def decimal_places(number: Decimal) -> int:
     return max(0, -(exponent + min(trailing, max(0, -exponent))))
 
 
-def check_period_date(value: Any, today: date, field: str = "period_date") -> date:
-    """A real YYYY-MM-DD date, at most 62 days back and 1 day ahead of today (UTC)."""
+def check_period_date(value: Any, today: date, field: str = "period_date", days_back: int = PERIOD_DAYS_BACK) -> date:
+    """A real YYYY-MM-DD date, at most `days_back` days back (the stage's bound) and 1 day ahead of today (UTC)."""
     if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         raise validation_error(field, "must be a date in YYYY-MM-DD form")
     try:
         day = date.fromisoformat(value)
     except ValueError:
         raise validation_error(field, "is not a real calendar date") from None
-    check_period_window(day, today, field)
+    check_period_window(day, today, field, days_back)
     return day
 
 
-def check_period_window(day: date, today: date, field: str) -> None:
-    if day < today - timedelta(days=PERIOD_DAYS_BACK):
-        raise validation_error(field, f"must be at most {PERIOD_DAYS_BACK} days in the past")
-    if day > today + timedelta(days=PERIOD_DAYS_FORWARD):
-        raise validation_error(field, f"must be at most {PERIOD_DAYS_FORWARD} day in the future")
+def check_period_window(day: date, today: date, field: str, days_back: int = PERIOD_DAYS_BACK) -> None:
+    """A 400 naming the field, the bound and the first (or last) date accepted, for a day outside the window."""
+    earliest, latest = today - timedelta(days=days_back), today + timedelta(days=PERIOD_DAYS_FORWARD)
+    if day < earliest:
+        raise validation_error(
+            field,
+            f"{day.isoformat()} is too late to report: usage may be at most {days_back} days back "
+            f"(this service's late-event bound), so the earliest date accepted today is {earliest.isoformat()}",
+        )
+    if day > latest:
+        raise validation_error(
+            field,
+            f"{day.isoformat()} is in the future: usage may be at most {PERIOD_DAYS_FORWARD} day ahead "
+            f"(UTC), so the latest date accepted today is {latest.isoformat()}",
+        )
 
 
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
