@@ -223,19 +223,27 @@ def _replays_of_refused(
     now: datetime,
 ) -> dict[int, IngestOutcome]:
     """Answers for drafts the catalog refused: a stored event under their key within the window is
-    their replay (or conflict); otherwise the catalog's refusal stands. One strongly consistent read."""
-    if not refused:
-        return {}
-    try:
-        found = events.get_many(organization_id, [slot_for(key, "") for key, _ in refused.values()])
-    except Exception:
-        log.exception("looking up refused drafts' idempotency keys failed")
-        unavailable = MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Looking up the idempotency key failed; retry.")
-        return {index: IngestOutcome("rejected", error=unavailable) for index in refused}
+    their replay (or conflict); otherwise the catalog's refusal stands.
+
+    One strongly consistent GetItem per distinct key (the API's role may GetItem events, not BatchGetItem),
+    in parallel; a key whose read fails is answered 503, since it may be a replay.
+    """
+    keys = list(dict.fromkeys(key for key, _ in refused.values()))
+    reads = {key: _executor().submit(events.get, organization_id, slot_for(key, "")) for key in keys}
+    found: dict[str, UsageEvent | Exception | None] = {}
+    for key, future in reads.items():
+        try:
+            found[key] = future.result()
+        except Exception as exc:
+            log.exception("looking up a refused draft's idempotency key failed")
+            found[key] = exc
     answers: dict[int, IngestOutcome] = {}
     for index, (key, error) in refused.items():
-        existing = found.get(slot_for(key, ""))
-        if existing is not None and within_idempotency_window(existing.recorded_at, now):
+        existing = found[key]
+        if isinstance(existing, Exception):
+            unavailable = MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Looking up the idempotency key failed; retry.")
+            answers[index] = IngestOutcome("rejected", error=unavailable)
+        elif existing is not None and within_idempotency_window(existing.recorded_at, now):
             answers[index] = _judge(existing, key, matchers[index])
         else:
             answers[index] = IngestOutcome("rejected", error=error)

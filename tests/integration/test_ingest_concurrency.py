@@ -166,6 +166,25 @@ def test_fifty_concurrent_replays_after_a_pause_answer_the_original_and_write_no
     assert ingest_one(container, draft(key="paused-2")).status == "rejected"
 
 
+def test_a_refused_draft_whose_key_cannot_be_looked_up_is_503_not_the_refusal(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It may be a replay: answering the paused line's 409 would tell a retrying client to give up.
+    assert ingest_one(container, draft(key="lookup-1")).status == "accepted"
+    line = container.catalog.get_service_line(ORG, TALENT)
+    assert line is not None
+    container.catalog.put_service_line(line.model_copy(update={"status": "paused"}))
+
+    def unreachable(organization_id: str, slot: str) -> None:
+        raise ConnectionError("DynamoDB is unreachable")
+
+    monkeypatch.setattr(container.events, "get", unreachable)
+    outcome = ingest_one(container, draft(key="lookup-1"))
+    assert outcome.status == "rejected"
+    assert outcome.error is not None and outcome.error.code == "service_unavailable"
+    assert len(stored_events(container)) == 1
+
+
 def test_fifty_concurrent_first_reports_by_the_default_line_rule_store_one_event(container: Container) -> None:
     # Two active lines rate talent.hours; reports that name none go to the oldest, once.
     line = container.catalog.get_service_line(ORG, TALENT)
