@@ -137,35 +137,52 @@ class OrganizationSpec:
 _DEMO_CREATED = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
 # Lines the demo organizations get on top of demo.json, so that the demo shows every active meter
 # and a paused line.
-_DEMO_EXTRA_LINES: tuple[tuple[str, str, str, str, str, dict[str, str], int, float | None], ...] = (
+_DEMO_EXTRA_LINES: tuple[tuple[dict[str, Any], int, float | None], ...] = (  # (line, team, pause_fraction)
     (
-        "LIN-26-091200",
-        "ORG-26-090500",
-        "WS-26-000101",
-        "Staging Infrastructure",
-        "infrastructure",
-        {"compute.vcpu_hours": "0.045", "storage.gb_days": "0.0023"},
+        {
+            "id": "LIN-26-091200",
+            "organization_id": "ORG-26-090500",
+            "workspace_id": "WS-26-000101",
+            "name": "Staging Infrastructure",
+            "product_line": "infrastructure",
+            "rates": {"compute.vcpu_hours": "0.045", "storage.gb_days": "0.0023"},
+        },
         1,
         None,
     ),
     (
-        "LIN-26-091300",
-        "ORG-26-090500",
-        "WS-26-000101",
-        "Developer Intelligence",
-        "intelligence",
-        {"intelligence.queries": "0.02"},
+        {
+            "id": "LIN-26-091300",
+            "organization_id": "ORG-26-090500",
+            "workspace_id": "WS-26-000101",
+            "name": "Developer Intelligence",
+            "product_line": "intelligence",
+            "rates": {"intelligence.queries": "0.02"},
+        },
         1,
         None,
     ),
-    ("LIN-26-091400", "ORG-26-090500", "WS-26-000101", "ODS Pilot", "ods", {"ods.cycles": "150"}, 1, None),
     (
-        "LIN-26-100202",
-        "ORG-26-100200",
-        "WS-26-000201",
-        "Website Refresh (ended)",
-        "talent",
-        {"talent.hours": "55"},
+        {
+            "id": "LIN-26-091400",
+            "organization_id": "ORG-26-090500",
+            "workspace_id": "WS-26-000101",
+            "name": "ODS Pilot",
+            "product_line": "ods",
+            "rates": {"ods.cycles": "150"},
+        },
+        1,
+        None,
+    ),
+    (
+        {
+            "id": "LIN-26-100202",
+            "organization_id": "ORG-26-100200",
+            "workspace_id": "WS-26-000201",
+            "name": "Website Refresh (ended)",
+            "product_line": "talent",
+            "rates": {"talent.hours": "55"},
+        },
         2,
         0.7,
     ),
@@ -181,16 +198,8 @@ def demo_organizations(extra_lines: bool = True) -> tuple[OrganizationSpec, ...]
         LineSpec(ServiceLine.model_validate(raw), team=_DEMO_TEAMS.get(raw["id"], 3)) for raw in demo["service_lines"]
     ]
     if extra_lines:
-        for line_id, org_id, ws, name, product_line, rates, team, pause in _DEMO_EXTRA_LINES:
-            line = ServiceLine(
-                id=line_id,
-                organization_id=org_id,
-                workspace_id=ws,
-                name=name,
-                product_line=product_line,  # type: ignore[arg-type]
-                rates={m: Decimal(r) for m, r in rates.items()},
-                created_at=_DEMO_CREATED,
-            )
+        for raw, team, pause in _DEMO_EXTRA_LINES:
+            line = ServiceLine.model_validate({**raw, "created_at": _DEMO_CREATED})
             lines.append(LineSpec(line, team=team, pause_fraction=pause))
     specs = []
     for raw in demo["organizations"]:
@@ -401,7 +410,7 @@ def _scaled(units: int, places: int) -> Decimal:
 
 @dataclass
 class _LineStream:
-    """Builds one line's usage; the usage of a day is a list of (event time, meter, quantity, period_date, ...)."""
+    """Builds one line's events, a day at a time."""
 
     spec: LineSpec
     rng: random.Random
@@ -732,6 +741,7 @@ def install_catalog(
                 line.model_copy(update={"status": "active", "created_at": min(line.created_at, since)})
             )
         catalog.recount_active_lines(org.id)
+        catalog.recount_workspaces(org.id)
     catalog.clear_cache()
 
 
