@@ -289,7 +289,7 @@ def report_usage(call: Call) -> Reply:
         c.queue,
         now,
         guard=lambda: require_license(catalog, call.organization_id),
-        line_by_rule=body.subscriptionId is None,
+        line_by_rule=not body.subscriptionId,
     )
     observability.count_outcomes([outcome.status])
     if outcome.error is not None:

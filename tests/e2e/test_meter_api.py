@@ -558,11 +558,13 @@ def test_documented_body_goes_to_the_oldest_active_subscription(
         newest,
     ]
     assert report(client, usage_body(meterName="talent.hours", value=10), "h-after-pause").status_code == 202
+    empty = report(client, usage_body(meterName="talent.hours", value=11, subscriptionId=""), "h-empty-subscription")
+    assert empty.status_code == 202, empty.body  # an empty subscriptionId is no subscriptionId
     # subscriptionId (an extension of the document) still picks one explicitly
     chosen = report(client, usage_body(meterName="talent.hours", value=20, subscriptionId=newest), "h-chosen")
     assert chosen.status_code == 202, chosen.body
     by_line = {(e["service_line_id"], e["quantity"]) for e in listed(client, {"meter": "talent.hours"})}
-    assert by_line == {(TALENT, 1), (TALENT, 2), (TALENT, 3), (SECOND_TALENT, 10), (newest, 20)}
+    assert by_line == {(TALENT, 1), (TALENT, 2), (TALENT, 3), (SECOND_TALENT, 10), (SECOND_TALENT, 11), (newest, 20)}
 
 
 def test_only_paused_subscriptions_rating_the_meter_is_a_409(client: Any, container: Container, clock: Clock) -> None:
