@@ -231,7 +231,6 @@ class AwsEndpoint:
 
         self._host = host
         self._server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
-        self._server.timeout = CONNECTION_TIMEOUT_S
         self._thread = threading.Thread(target=self._server.serve_forever, name="aws-endpoint", daemon=True)
 
     @property
@@ -492,12 +491,16 @@ class LocalStack:
 
 
 def demo_keys(container: Container) -> dict[str, str]:
-    """The demo keys of restored data: each is issued again only if the data lacks it (a new pinned secret).
+    """The demo keys over restored data: a key is issued only if the data lacks it (a newly pinned secret).
 
-    Everything else the demo data holds was restored as the last run left it.
+    The demo organizations, workspaces and lines stay as the last run left them (paused lines,
+    revoked keys...); data saved without them (--no-demo) gets them loaded.
     """
+    demo = catalog_data.read("demo")
+    if any(container.catalog.get_organization(org["id"]) is None for org in demo["organizations"]):
+        return {env: issued.secret for env, issued in catalog_admin.load_demo_data(container.catalog).items()}
     keys: dict[str, str] = {}
-    for spec in catalog_data.read("demo")["api_keys"]:
+    for spec in demo["api_keys"]:
         secret = os.environ.get(spec["env"]) or spec["default"]
         stored = container.catalog.get_api_key(hash_key(secret))
         if stored is None:
