@@ -438,6 +438,7 @@ class LocalStack:
         clients.clear_events()
         set_container(None)
         self.emulator.stop()
+        gc.unfreeze()
         if self._data_lock is not None:
             self._data_lock.close()
             self._data_lock = None
