@@ -29,7 +29,7 @@ from chalicelib import backfill
 from chalicelib.config import reset_settings
 from chalicelib.container import Container
 from chalicelib.domain.auth import ALL_SCOPES, parse_scopes
-from chalicelib.domain.models import Organization, Workspace
+from chalicelib.domain.models import Organization, Workspace, organization_uuid
 from chalicelib.services import catalog_admin
 from chalicelib.storage import clients
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository, IdTakenError
@@ -172,9 +172,16 @@ def run_stage(args: argparse.Namespace, container: Container) -> int:
         if repo.get_plan(args.plan) is None:
             print(f"error: no plan {args.plan} (load the catalog first)", file=sys.stderr)
             return 2
-        repo.put_organization(Organization(id=args.id, name=args.name, plan_id=args.plan, created_at=datetime.now(UTC)))
+        org = Organization(
+            id=args.id,
+            uuid=organization_uuid(args.id),  # the same UUID every time the id is created or updated
+            name=args.name,
+            plan_id=args.plan,
+            created_at=datetime.now(UTC),
+        )
+        repo.put_organization(org)
         repo.recount_active_lines(args.id)
-        print(f"organization {args.id} on {args.plan}")
+        print(f"organization {args.id} on {args.plan} (Metronome customer id {org.uuid})")
         return 0
     if args.command == "workspaces":
         if repo.get_organization(args.org) is None:

@@ -1,44 +1,56 @@
 """The Metronome dialect (document 003): `POST /v1/usage`, batched usage per customer and billable metric.
 
-How Metronome's words map onto the core: a customer is our organization (an
-API key reads only its own, so `customer_ids` may name only the key's
-organization; any other id is a 404 that says nothing about whether it
-exists); a billable metric is a meter, `id` = the meter's UUID, `name` = its name.
+How Metronome's words map onto the core: a customer is our organization. Metronome's
+customer ids are UUIDs, so every organization has a stable one (`Organization.uuid`,
+uuid5 of its ORG-* id): rows carry it as `customer_id`, and `customer_ids` takes it or the
+ORG-* id. An API key reads only its own organization, so any other id is a 404 that says
+nothing about whether it exists. A billable metric is a meter: `id` = the meter's UUID,
+`name` = its name.
 
-Windows over `[starting_on, ending_before)` (RFC 3339 date-times, read as UTC):
+Which usage a window counts (windows over `[starting_on, ending_before)`, RFC 3339
+date-times with a zone, read as UTC):
 
-- `day`: both bounds at midnight UTC; one row per UTC day, from day rollups
-  (by `period_date`).
-- `hour`: both bounds on the hour; one row per hour, from hour rollups (by
-  event time).
-- `none`: one row for the whole period, from day rollups when both bounds are
-  at midnight UTC, else from hour rollups when both are on the hour, else 400.
+- `hour`: by event time, from hour rollups: an event counts in the UTC hour of its event time.
+- `day` and `none`: by period_date, from day rollups: an event counts in the UTC day that is its
+  period_date. A `none` window is the one aggregate of exactly the days a `day` query over the
+  same bounds lists, whatever its length and however its bounds are aligned.
 
-Plain queries read rollups only, never raw events. One row is emitted per
-(customer, billable metric, window), value 0 where there was no usage, in a
-stable order: customer, then billable metric (the order of `billable_metrics`,
-or by meter id when it is absent), then window start. Without
-`billable_metrics`, the rows cover every active meter that one of the
-customer's service lines rates.
+So `none` always equals the sum of the `day` windows over the same bounds. The `hour` windows
+sum to the same value when every event in the period has a period_date equal to the UTC date of
+its event time: always for meter API (002) reports (period_date is the timestamp's date) and for
+native events sent without a period_date (it defaults to the day they are received). An event
+whose period_date is another day (a timesheet sent the next morning, a backfill) counts on its
+period_date in `day` and `none` windows and in the hour it was received in `hour` windows.
+
+Bounds: Metronome's documentation does not ask for aligned bounds, so any instants are accepted.
+Windows are whole UTC hours (`hour`) or whole UTC days (`day`, `none`): the first window is the one
+that contains starting_on, the last the one that contains the last instant before ending_before.
+A bound off that grid widens the period to the enclosing hour or day (never narrows it), and each
+row's start_timestamp and end_timestamp say exactly what it counts: day windows from
+2026-04-14T10:30:00Z to 2026-04-16T06:00:00Z are the days 04-14, 04-15 and 04-16.
+
+Rows: one per (customer, billable metric, window), value 0 where there was no usage, in a stable
+order: customer, then billable metric (the order of `billable_metrics`, or by meter id when it is
+absent), then window start. Without `billable_metrics`, the rows cover every active meter that one
+of the customer's service lines rates. Plain queries read rollups only, never raw events.
 
 Limits:
 
-- at most 1,000 windows per request; a `none` window may span at most 1,000
-  days (1,000 hours when it is read from hour rollups);
-- `group_by` (`{key, values?}`, the key one of the meter's `group_keys`):
-  rollups carry no metadata, so groups are computed from the raw events of
-  the service lines that have rollups of the meter in the page's windows, by
-  `period_date`. That is possible for `day` windows and for `none` windows
-  with midnight-aligned bounds only; an `hour` window (or an hour-aligned
-  `none` window) with `group_by` is a 400. Metadata values are matched as
-  text (numbers in plain decimal form, booleans as true/false). `groups` maps
-  each requested value to its quantity, or to null when no event of the window
-  carries it; without `values`, a window lists the values its events carry, at
-  most 200 (the first in sorted order). The row's `value` is still the rollup total. Grouping reads
-  at most 100,000 events per page, else a 400 asks for a shorter period;
-- 100 rows per page; `next_page` (a query parameter) is an opaque signed
-  cursor bound to the caller's organization and the (normalized) request body,
-  so a cursor of another body or organization is refused with 400.
+- 100 rows per page; `next_page` (a query parameter) is an opaque cursor bound to the caller's
+  organization and the normalized request (window size, the windows' bounds, customers, metrics),
+  so a cursor of another request or organization is refused with 400. There is no limit on the
+  number of windows: a long period is paged (60 days of hours for one metric is 1,440 rows, 15
+  pages), and each page reads only the rollups of its own windows. A period may span at most
+  3,660 days (ten years);
+- `group_by` (`{key, values?}`, the key one of the meter's `group_keys`): rollups carry no
+  metadata, so groups are computed from the raw events of the service lines that have rollups of
+  the meter in the page's windows, by `period_date`: `day` and `none` windows only (an `hour`
+  window with `group_by` is a 400: hourly usage is kept without metadata). Metadata values are
+  matched as text (numbers in plain decimal form, booleans as true/false). `groups` maps each
+  requested value to its quantity, or to null when no event of the window carries it; without
+  `values`, a window lists the values its events carry, at most 200 (the first in sorted order).
+  The row's `value` is still the rollup total. Grouping reads at most 100,000 events per page,
+  else a 400 asks for a shorter period.
 
 Errors are Metronome's `{"message": "...", "code": "..."}` with the HTTP status.
 """
@@ -59,7 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from chalicelib.api.http import Call, Reply, endpoint, parse_model
 from chalicelib.domain import cursors
 from chalicelib.domain.auth import USAGE_READ
-from chalicelib.domain.models import Meter, ServiceLine, UsageEvent
+from chalicelib.domain.models import Meter, ServiceLine, UsageEvent, organization_uuid
 from chalicelib.domain.money import exact_sum
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
 from chalicelib.services import queries
@@ -69,7 +81,7 @@ from chalicelib.storage.events_repo import DynamoEventStore
 bp = Blueprint(__name__)
 
 PAGE_SIZE = 100
-MAX_WINDOWS = 1000
+MAX_PERIOD = timedelta(days=3660)
 MAX_GROUP_VALUES = 200
 MAX_GROUP_EVENTS = 100_000
 MAX_CUSTOMERS = 100
@@ -108,6 +120,44 @@ class MetronomeDialect:
 
 METRONOME = MetronomeDialect()
 
+# The paths of Metronome's API (as its official SDK calls them) that no native route holds: a request
+# to one of them that no route answers gets Metronome's error shape. (`/v1/plans` and
+# `/v1/usage/summary` are native paths; `POST /v1/usage` is this module's route.)
+METRONOME_PATH_PREFIXES = (
+    "/v1/ingest",
+    "/v1/usage/groups",
+    "/v1/customers",
+    "/v1/billable-metrics",
+    "/v1/contracts",
+    "/v1/contract-pricing",
+    "/v1/credits",
+    "/v1/credit-types",
+    "/v1/alerts",
+    "/v1/customer-alerts",
+    "/v1/dashboards",
+    "/v1/events",
+    "/v1/invoices",
+    "/v1/packages",
+    "/v1/planDetails",
+    "/v1/services",
+    "/v1/users",
+    "/v1/auditLogs",
+    "/v1/customFields",
+    "/v1/archiveCustomerBillingProviderConfigurations",
+    "/v1/getCustomerBillingProviderConfigurations",
+    "/v1/listConfiguredBillingProviders",
+    "/v1/setCustomerBillingProviderConfigurations",
+    "/v1/setUpBillingProvider",
+    "/v1/upsertAvalaraCredentials",
+    "/v2/",
+)
+
+
+def is_metronome_path(path: str) -> bool:
+    """Whether a request path is one of Metronome's (see METRONOME_PATH_PREFIXES), so its errors use its shape."""
+    path = "/" + path.split("?", 1)[0].strip("/")
+    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in METRONOME_PATH_PREFIXES)
+
 
 class GroupByQuery(BaseModel):
     """`billable_metrics[].group_by`: a metadata key of the meter, optionally narrowed to some values."""
@@ -142,14 +192,21 @@ class UsageBody(BaseModel):
 
     window_size: WindowSize
     starting_on: Annotated[str, StringConstraints(max_length=64)] = Field(
-        description="RFC 3339 date-time: midnight UTC for day windows, on the hour for hour windows.",
+        description="RFC 3339 date-time with a zone; the first window is the UTC hour (hour windows) or "
+        "UTC day (day and none windows) that contains it.",
         json_schema_extra={"format": "date-time"},
     )
     ending_before: Annotated[str, StringConstraints(max_length=64)] = Field(
-        description="RFC 3339 date-time after starting_on, aligned like it.",
+        description="RFC 3339 date-time after starting_on (exclusive); the last window is the UTC hour or day "
+        "that contains the instant just before it.",
         json_schema_extra={"format": "date-time"},
     )
-    customer_ids: list[Text] | None = Field(default=None, min_length=1, max_length=MAX_CUSTOMERS)
+    customer_ids: list[Text] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_CUSTOMERS,
+        description="The organization's UUID (or its ORG-* id); only the API key's own organization is readable.",
+    )
     billable_metrics: list[BillableMetricQuery] | None = Field(default=None, min_length=1, max_length=MAX_METRICS)
 
 
@@ -166,7 +223,7 @@ class NextPageQuery(BaseModel):
 class UsageRowPublic(BaseModel):
     """One row: a customer's usage of a billable metric in one window."""
 
-    customer_id: str
+    customer_id: str = Field(description="The organization's UUID.", json_schema_extra={"format": "uuid"})
     billable_metric_id: str
     billable_metric_name: str
     start_timestamp: datetime
@@ -208,17 +265,27 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _on_hour(moment: datetime) -> bool:
-    return moment.minute == 0 and moment.second == 0 and moment.microsecond == 0
+def floor_to(moment: datetime, unit: timedelta) -> datetime:
+    """The start of the UTC hour (unit HOUR) or day (unit DAY) that contains the moment."""
+    moment = moment.astimezone(UTC)
+    if unit == DAY:
+        return datetime.combine(moment.date(), time(), UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _at_midnight(moment: datetime) -> bool:
-    return _on_hour(moment) and moment.hour == 0
+def ceil_to(moment: datetime, unit: timedelta) -> datetime:
+    """The end of the UTC hour or day that contains the instant just before the moment."""
+    floor = floor_to(moment, unit)
+    return floor if floor == moment else floor + unit
 
 
 @dataclass(frozen=True)
 class Windows:
-    """The windows of a query: `count` windows of `step` from `start`, the last ending at `end`."""
+    """The windows of a query: `count` windows of `step` from `start`, the last ending at `end`.
+
+    `grain` is the rollups read: hour rollups (by event time) for hour windows, day rollups (by
+    period_date) for day and none windows. `start` and `end` are on the grain's UTC grid.
+    """
 
     size: Literal["hour", "day", "none"]
     grain: Literal["hour", "day"]
@@ -239,43 +306,23 @@ class Windows:
 
 
 def make_windows(size: str, start: datetime, end: datetime) -> Windows:
-    """Validate the bounds for the window size; 400 for a misaligned, empty or too long period."""
+    """The windows covering [start, end) on the UTC grid of the size; 400 for an empty or too long period."""
     size = size.lower()
     if end <= start:
         raise validation_error("ending_before", "must be after starting_on")
-    grain: Literal["hour", "day"]
-    if size == "day":
-        for name, moment in (("starting_on", start), ("ending_before", end)):
-            if not _at_midnight(moment):
-                raise validation_error(
-                    name, "must be at midnight UTC for day windows (for example 2026-04-01T00:00:00Z)"
-                )
-        grain = "day"
-    elif size == "hour":
-        for name, moment in (("starting_on", start), ("ending_before", end)):
-            if not _on_hour(moment):
-                raise validation_error(name, "must be on the hour (UTC) for hour windows, e.g. 2026-04-01T13:00:00Z")
-        grain = "hour"
-    elif _at_midnight(start) and _at_midnight(end):
-        grain = "day"
-    elif _on_hour(start) and _on_hour(end):
-        grain = "hour"
-    else:
+    grain: Literal["hour", "day"] = "hour" if size == "hour" else "day"
+    unit = HOUR if grain == "hour" else DAY
+    try:
+        lo, hi = floor_to(start, unit), ceil_to(end, unit)
+    except OverflowError:
+        raise validation_error("ending_before", "is out of range") from None
+    if hi - lo > MAX_PERIOD:
         raise validation_error(
-            "starting_on",
-            "a none window needs both bounds at midnight UTC (read from day rollups) "
-            "or both on the hour (read from hour rollups)",
+            "ending_before",
+            f"the period may span at most {MAX_PERIOD.days:,} days; this one spans {(hi - lo) / DAY:,.2f}",
         )
-    unit = DAY if grain == "day" else HOUR
-    units = (end - start) // unit
-    if units > MAX_WINDOWS:
-        if size == "none":
-            message = f"a none window may span at most {MAX_WINDOWS:,} {grain}s; this one spans {units:,}"
-        else:
-            message = f"the period holds {units:,} {size} windows; at most {MAX_WINDOWS:,} are allowed per request"
-        raise validation_error("ending_before", message)
     window_size: Literal["hour", "day", "none"] = "none" if size == "none" else grain
-    return Windows(window_size, grain, start, end, end - start if size == "none" else unit)
+    return Windows(window_size, grain, lo, hi, hi - lo if size == "none" else unit)
 
 
 # -- what is asked ----------------------------------------------------------------
@@ -290,18 +337,37 @@ class MetricQuery:
     group_values: tuple[str, ...] | None = None
 
 
-def resolve_customers(customer_ids: list[str] | None, organization_id: str) -> list[str]:
+@dataclass(frozen=True)
+class Customer:
+    """A Metronome customer: an organization, by its ORG-* id and its UUID."""
+
+    id: str
+    uuid: str
+
+
+def caller_customer(catalog: CatalogRepository, organization_id: str) -> Customer:
+    """The API key's organization as a customer (its UUID derived from the id if the catalog lacks it)."""
+    organization = catalog.get_organization(organization_id)
+    return Customer(organization_id, organization.uuid if organization else organization_uuid(organization_id))
+
+
+def is_customer(customer: Customer, customer_id: str) -> bool:
+    """Whether a Metronome customer id names the customer: its UUID (in any case) or its ORG-* id."""
+    return customer_id == customer.id or customer_id.lower() == customer.uuid
+
+
+def resolve_customers(customer_ids: list[str] | None, caller: Customer) -> list[Customer]:
     """The customers to report: only the key's own organization; any other id is 404 (nothing leaked)."""
     if customer_ids is None:
-        return [organization_id]
+        return [caller]
     for index, customer_id in enumerate(customer_ids):
-        if customer_id != organization_id:
+        if not is_customer(caller, customer_id):
             raise MeteringError(
                 ErrorCode.CUSTOMER_NOT_FOUND,
                 f"customer_ids[{index}]: no customer '{customer_id}' is readable with this API key.",
                 field=f"customer_ids[{index}]",
             )
-    return [organization_id]
+    return [caller]
 
 
 def resolve_metrics(
@@ -341,8 +407,7 @@ def resolve_metrics(
         if windows.grain != "day":
             raise validation_error(
                 f"{field}.group_by",
-                "group_by is supported for day windows and for none windows with midnight-aligned bounds only "
-                "(hourly usage is kept without metadata)",
+                "group_by is supported for day and none windows only (hourly usage is kept without metadata)",
             )
         values = tuple(dict.fromkeys(item.group_by.values)) if item.group_by.values is not None else None
         metrics.append(MetricQuery(meter, key, values))
@@ -461,13 +526,13 @@ def render_groups(metric: MetricQuery, found: Mapping[str, Decimal]) -> dict[str
 # -- the route -------------------------------------------------------------------
 
 
-def canonical(body: UsageBody, windows: Windows, customers: list[str]) -> dict[str, Any]:
-    """The query a cursor is bound to: the body with its case and time formats normalized."""
+def canonical(body: UsageBody, windows: Windows, customers: list[Customer]) -> dict[str, Any]:
+    """The query a cursor is bound to: window size, the windows' bounds, customers (by ORG id) and metrics."""
     return {
         "window_size": windows.size,
         "starting_on": rfc3339(windows.start),
         "ending_before": rfc3339(windows.end),
-        "customer_ids": customers if body.customer_ids is not None else None,
+        "customer_ids": [c.id for c in customers] if body.customer_ids is not None else None,
         "billable_metrics": (
             [m.model_dump(mode="json") for m in body.billable_metrics] if body.billable_metrics is not None else None
         ),
@@ -505,10 +570,10 @@ def batch_usage(call: Call) -> Reply:
     start = parse_instant(body.starting_on, "starting_on")
     end = parse_instant(body.ending_before, "ending_before")
     windows = make_windows(body.window_size, start, end)
-    customers = resolve_customers(body.customer_ids, call.organization_id)
     catalog = call.container.catalog
-    lines = {customer: catalog.list_service_lines(customer) for customer in customers}
-    all_lines = [line for customer in customers for line in lines[customer]]
+    customers = resolve_customers(body.customer_ids, caller_customer(catalog, call.organization_id))
+    lines = {customer.id: catalog.list_service_lines(customer.id) for customer in customers}
+    all_lines = [line for customer in customers for line in lines[customer.id]]
     metrics = resolve_metrics(catalog, body.billable_metrics, all_lines, windows)
 
     per_customer = len(metrics) * windows.count
@@ -530,7 +595,7 @@ def batch_usage(call: Call) -> Reply:
     groups: dict[tuple[int, int], dict[int, dict[str, Decimal]]] = {}
     for (c, m), (lo, hi) in runs.items():
         if (c, lo, hi) not in totals:
-            line_ids = [line.id for line in lines[customers[c]]]
+            line_ids = [line.id for line in lines[customers[c].id]]
             totals[(c, lo, hi)] = read_totals(call, windows, line_ids, lo, hi)
         metric = metrics[m]
         if metric.group_key is not None:
@@ -544,7 +609,7 @@ def batch_usage(call: Call) -> Reply:
         run = runs[(slot.customer, slot.metric)]
         value = totals[(slot.customer, *run)].totals.get((metric.meter.id, slot.window), Decimal(0))
         row: dict[str, Any] = {
-            "customer_id": customers[slot.customer],
+            "customer_id": customers[slot.customer].uuid,
             "billable_metric_id": metric.meter.uuid,
             "billable_metric_name": metric.meter.name,
             "start_timestamp": rfc3339(window_start),

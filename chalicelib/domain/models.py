@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
+from uuid import UUID, uuid5
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ProductLine = Literal["talent", "managed_services", "ods", "infrastructure", "intelligence", "agent_gateway"]
 PRODUCT_LINES: tuple[str, ...] = (
@@ -94,11 +95,31 @@ class Plan(Frozen):
         return feature in self.features
 
 
+# uuid5(NAMESPACE_URL, "https://api.scrums.com/v1/organizations"): the namespace of organization UUIDs.
+ORGANIZATION_UUID_NAMESPACE = UUID("5f70873c-4919-5ebf-a8f9-0784e11aab99")
+
+
+def organization_uuid(organization_id: str) -> str:
+    """The stable UUID of an organization id (uuid5 in ORGANIZATION_UUID_NAMESPACE): its Metronome customer id."""
+    return str(uuid5(ORGANIZATION_UUID_NAMESPACE, organization_id))
+
+
 class Organization(Frozen):
+    """A customer: its ORG-* id, its UUID (derived from the id when not given), name and plan."""
+
     id: str
     name: str
     plan_id: str
     created_at: datetime
+    uuid: str = Field(default="", pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_uuid(cls, data: Any) -> Any:
+        """An organization stored or written without a uuid gets organization_uuid(id)."""
+        if isinstance(data, dict) and not data.get("uuid") and isinstance(data.get("id"), str):
+            return {**data, "uuid": organization_uuid(data["id"])}
+        return data
 
 
 class Workspace(Frozen):

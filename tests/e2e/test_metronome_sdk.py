@@ -15,6 +15,8 @@ from tests.conftest import FULL_KEY
 from tests.e2e.localstack import request, running_stack
 
 ORG = "ORG-26-090500"
+ORG_UUID = "a6b50534-cbd6-59e4-ad5e-053883b86cc2"  # the organization's stable UUID: Metronome's customer id
+OTHER_UUID = "83c1c060-95b4-564d-bddd-eaf03aa90599"
 TALENT = "LIN-26-084729"
 AGENT = "LIN-26-091100"
 HOURS = "aa206334-df7a-5953-b483-6c3179ad0b08"  # talent.hours
@@ -102,7 +104,7 @@ def test_day_windows_auto_paginate_across_pages(usage: Usage, metronome: Metrono
     assert len(rows) == 150  # 5 metrics x 30 days
     assert [r.billable_metric_id for r in rows] == [m for m in DEFAULT_METRICS for _ in range(30)]
     assert len({(r.billable_metric_id, r.start_timestamp) for r in rows}) == 150
-    assert {r.customer_id for r in rows} == {ORG}
+    assert {r.customer_id for r in rows} == {ORG_UUID}
     assert rows[0].start_timestamp == start and rows[-1].end_timestamp == end
     assert all(r.end_timestamp - r.start_timestamp == timedelta(days=1) for r in rows)
     nonzero = {(r.billable_metric_name, r.start_timestamp.date()): r.value for r in rows if r.value}
@@ -123,7 +125,7 @@ def test_hour_windows_and_billable_metric_filter_through_the_sdk(usage: Usage, m
             window_size="HOUR",
             starting_on=start,
             ending_before=end,
-            customer_ids=[ORG],
+            customer_ids=[ORG_UUID],
             billable_metrics=[{"id": HOURS}, {"id": TOKENS}],
         )
     )
@@ -163,11 +165,29 @@ def test_errors_reach_the_sdk_as_its_exceptions(usage: Usage, metronome: Metrono
         )
     assert missing.value.status_code == 404
     assert isinstance(missing.value.body, dict) and missing.value.body["code"] == "meter_not_found"
-    with pytest.raises(NotFoundError):
-        metronome.v1.usage.list(window_size="DAY", starting_on=start, ending_before=end, customer_ids=["ORG-26-100200"])
-    with pytest.raises(BadRequestError) as misaligned:
-        metronome.v1.usage.list(window_size="DAY", starting_on=start + timedelta(hours=1), ending_before=end)
-    assert isinstance(misaligned.value.body, dict) and "midnight" in misaligned.value.body["message"]
+    for other in ("ORG-26-100200", OTHER_UUID):
+        with pytest.raises(NotFoundError):
+            metronome.v1.usage.list(window_size="DAY", starting_on=start, ending_before=end, customer_ids=[other])
+    with pytest.raises(BadRequestError) as empty:
+        metronome.v1.usage.list(window_size="DAY", starting_on=end, ending_before=start)
+    assert isinstance(empty.value.body, dict) and "after starting_on" in empty.value.body["message"]
+
+
+def test_bounds_off_the_grid_get_the_days_that_contain_them(usage: Usage, metronome: Metronome) -> None:
+    yesterday = midnight(usage.today - timedelta(days=1))
+    rows = list(
+        metronome.v1.usage.list(
+            window_size="DAY",
+            starting_on=yesterday + timedelta(hours=13, minutes=5),
+            ending_before=yesterday + timedelta(days=1, hours=2),
+            customer_ids=[ORG],
+            billable_metrics=[{"id": HOURS}],
+        )
+    )
+    assert [(r.customer_id, r.start_timestamp, r.end_timestamp, r.value) for r in rows] == [
+        (ORG_UUID, yesterday, yesterday + timedelta(days=1), 1.5),
+        (ORG_UUID, yesterday + timedelta(days=1), yesterday + timedelta(days=2), 0),
+    ]
 
 
 def test_the_raw_answer_carries_exact_json_numbers(usage: Usage) -> None:

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from chalicelib import jsonutil
+from chalicelib import cli, jsonutil
 from chalicelib.container import Container
 from chalicelib.domain.auth import METERING_WRITE
+from chalicelib.domain.models import Organization, organization_uuid
 from chalicelib.services import catalog_admin
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
 from tests.support import run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
+ORG_UUID = "a6b50534-cbd6-59e4-ad5e-053883b86cc2"  # organization_uuid(ORG), as demo.json states it
+OTHER_UUID = "83c1c060-95b4-564d-bddd-eaf03aa90599"
 TALENT = "LIN-26-084729"
 AGENT = "LIN-26-091100"
 OTHER_LINE = "LIN-26-100201"
@@ -114,7 +118,7 @@ def values(rows: list[dict[str, Any]]) -> list[tuple[str, str, Decimal]]:
 def test_day_windows_read_day_rollups_by_period_date(usage: Any) -> None:
     rows = ok(usage, query("day", "2026-04-13T00:00:00Z", "2026-04-16T00:00:00Z", [HOURS]))
     assert rows[0] == {
-        "customer_id": ORG,
+        "customer_id": ORG_UUID,
         "billable_metric_id": HOURS,
         "billable_metric_name": "Talent Hours",
         "start_timestamp": "2026-04-13T00:00:00Z",
@@ -142,17 +146,41 @@ def test_hour_windows_read_hour_rollups_by_event_time(usage: Any) -> None:
     assert values(late) == [(HOURS, "2026-04-15T08:00:00Z", Decimal(4))]
 
 
-def test_none_window_is_one_aggregate_from_day_or_hour_rollups(usage: Any) -> None:
+def test_none_window_is_one_aggregate_by_period_date_whatever_its_bounds(usage: Any) -> None:
     whole = ok(usage, query("none", "2026-04-13T00:00:00Z", "2026-04-16T00:00:00Z", [HOURS, TOKENS]))
     assert [(r["billable_metric_id"], r["start_timestamp"], r["end_timestamp"], r["value"]) for r in whole] == [
         (HOURS, "2026-04-13T00:00:00Z", "2026-04-16T00:00:00Z", Decimal("10.75")),
         (TOKENS, "2026-04-13T00:00:00Z", "2026-04-16T00:00:00Z", Decimal("0.3")),
     ]
-    # hour-aligned bounds: hour rollups, by event time (09:xx on the 14th up to 08:xx on the 15th)
+    # the same basis for any bounds: one hour more at the start adds the 13th's period_date usage
+    day = ok(usage, query("none", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z", [HOURS]))
+    assert [(r["start_timestamp"], r["end_timestamp"], r["value"]) for r in day] == [
+        ("2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z", Decimal("6.75"))
+    ]
+    wider = ok(usage, query("none", "2026-04-13T23:00:00Z", "2026-04-15T00:00:00Z", [HOURS]))
+    assert [(r["start_timestamp"], r["end_timestamp"], r["value"]) for r in wider] == [
+        ("2026-04-13T00:00:00Z", "2026-04-15T00:00:00Z", Decimal("10.75"))
+    ]
+    # hour-aligned bounds count whole period_dates too; the row says which days it counted
     hours = ok(usage, query("none", "2026-04-14T09:00:00Z", "2026-04-15T09:00:00Z", [HOURS]))
-    assert values(hours) == [(HOURS, "2026-04-14T09:00:00Z", Decimal("10.75"))]
-    narrower = ok(usage, query("none", "2026-04-14T10:00:00Z", "2026-04-15T08:00:00Z", [HOURS]))
-    assert narrower[0]["value"] == 3 and narrower[0]["end_timestamp"] == "2026-04-15T08:00:00Z"
+    assert [(r["start_timestamp"], r["end_timestamp"], r["value"]) for r in hours] == [
+        ("2026-04-14T00:00:00Z", "2026-04-16T00:00:00Z", Decimal("6.75"))
+    ]
+
+
+def test_a_late_event_counts_on_its_period_date_in_day_and_none_windows_and_when_received_in_hours(
+    usage: Any,
+) -> None:
+    """The 4 talent hours of period_date 2026-04-13 were sent at 08:00 on the 15th."""
+    period = ("2026-04-13T00:00:00Z", "2026-04-14T00:00:00Z")
+    assert values(ok(usage, query("day", *period, [HOURS]))) == [(HOURS, "2026-04-13T00:00:00Z", Decimal(4))]
+    assert values(ok(usage, query("none", *period, [HOURS]))) == [(HOURS, "2026-04-13T00:00:00Z", Decimal(4))]
+    assert sum(r["value"] for r in ok(usage, query("hour", *period, [HOURS]))) == 0
+    received = ("2026-04-15T00:00:00Z", "2026-04-16T00:00:00Z")
+    hours = ok(usage, query("hour", *received, [HOURS]))
+    assert [(r["start_timestamp"], r["value"]) for r in hours if r["value"]] == [("2026-04-15T08:00:00Z", 4)]
+    assert values(ok(usage, query("day", *received, [HOURS]))) == [(HOURS, "2026-04-15T00:00:00Z", Decimal(0))]
+    assert values(ok(usage, query("none", *received, [HOURS]))) == [(HOURS, "2026-04-15T00:00:00Z", Decimal(0))]
 
 
 @pytest.mark.parametrize("window", ["hour", "day", "none", "HOUR", "DAY", "NONE", "Hour", "Day", "None"])
@@ -179,7 +207,7 @@ def test_without_billable_metrics_every_rated_active_meter_gets_rows_with_zeros(
         ("Talent Hours", "2026-04-14"): Decimal("6.75"),
         ("Talent Hours", "2026-04-15"): 0,
     }
-    assert {r["customer_id"] for r in rows} == {ORG}
+    assert {r["customer_id"] for r in rows} == {ORG_UUID}
     exact = post(usage, query("none", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z", [TOKENS]))
     assert '"value":0.3' in exact.body.decode()  # an exact JSON number, not 0.30000000000000004
 
@@ -196,7 +224,7 @@ def test_another_organizations_usage_is_never_counted_and_its_key_sees_its_own(u
     mine = ok(usage, query("none", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z", [HOURS], customer_ids=[ORG]))
     assert mine[0]["value"] == Decimal("6.75")
     theirs = ok(usage, query("none", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z"), key=OTHER_ORG_KEY)
-    assert [(r["customer_id"], r["billable_metric_id"], r["value"]) for r in theirs] == [(OTHER_ORG, HOURS, 100)]
+    assert [(r["customer_id"], r["billable_metric_id"], r["value"]) for r in theirs] == [(OTHER_UUID, HOURS, 100)]
     assert ok(usage, query("day", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z", [HOURS]), key=READ_KEY)
 
 
@@ -207,7 +235,50 @@ def test_customer_ids_of_another_organization_are_refused_like_unknown_ones(usag
     # the same answer whether the organization exists or not: nothing about it leaks
     assert foreign == f"customer_ids[1]: no customer '{OTHER_ORG}' is readable with this API key."
     assert unknown == "customer_ids[0]: no customer 'ORG-00-000000' is readable with this API key."
+    foreign_uuid = refused(usage, {**body, "customer_ids": [OTHER_UUID]}, 404, "customer_not_found")
+    unknown_uuid = refused(usage, {**body, "customer_ids": [str(uuid.uuid4())]}, 404, "customer_not_found")
+    assert foreign_uuid.endswith("is readable with this API key.") and unknown_uuid.endswith(
+        "is readable with this API key."
+    )
     refused(usage, {**body, "customer_ids": []}, 400, "validation_error")
+
+
+def test_customer_ids_take_the_organizations_uuid_or_its_org_id_and_rows_carry_the_uuid(usage: Any) -> None:
+    assert organization_uuid(ORG) == ORG_UUID and organization_uuid(OTHER_ORG) == OTHER_UUID
+    body = query("day", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z", [HOURS])
+    for customer_ids in ([ORG_UUID], [ORG_UUID.upper()], [ORG], [ORG, ORG_UUID]):
+        rows = ok(usage, {**body, "customer_ids": customer_ids})
+        assert [(r["customer_id"], r["value"]) for r in rows] == [(ORG_UUID, Decimal("6.75"))], customer_ids
+    theirs = ok(usage, {**body, "customer_ids": [OTHER_UUID]}, key=OTHER_ORG_KEY)
+    assert [(r["customer_id"], r["value"]) for r in theirs] == [(OTHER_UUID, 100)]
+    # one query, however its customer is spelled: a cursor of one spelling serves the other
+    long_body = query("day", "2026-03-01T00:00:00Z", "2026-04-20T00:00:00Z", customer_ids=[ORG])
+    token = parsed(post(usage, long_body))["next_page"]
+    assert token and post(usage, {**long_body, "customer_ids": [ORG_UUID]}, next_page=token).status_code == 200
+
+
+def test_an_organization_created_by_the_cli_has_a_stable_uuid_it_is_read_by(
+    usage: Any, container: Container, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new_org = "ORG-26-000777"
+    assert (
+        cli.run(["orgs", "create", "--id", new_org, "--name", "Acme", "--plan", "plan_growth_annual"], container) == 0
+    )
+    created = container.catalog.get_organization(new_org)
+    assert created is not None and created.uuid == organization_uuid(new_org)
+    assert f"(Metronome customer id {created.uuid})" in capsys.readouterr().out
+    # created again (an update): the same UUID
+    assert (
+        cli.run(["orgs", "create", "--id", new_org, "--name", "Acme Inc", "--plan", "plan_growth_annual"], container)
+        == 0
+    )
+    assert f"(Metronome customer id {created.uuid})" in capsys.readouterr().out
+    again = Organization.model_validate(created.model_dump(exclude={"uuid"}))
+    assert again.uuid == created.uuid  # an item stored before organizations had a uuid gets the same one
+    reader = catalog_admin.issue_key(container.catalog, new_org, frozenset({"usage:read"}), "reader")
+    body = query("none", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z", customer_ids=[created.uuid])
+    assert ok(usage, body, key=reader.secret) == []  # no service line rates a meter: no rows, but no 404
+    refused(usage, {**body, "customer_ids": [ORG_UUID]}, 404, "customer_not_found", key=reader.secret)
 
 
 # -- group_by ----------------------------------------------------------------------
@@ -243,9 +314,12 @@ def test_group_by_on_a_midnight_aligned_none_window_and_next_to_plain_metrics(us
 def test_group_by_limits_are_clear_400s(usage: Any) -> None:
     hourly = query("hour", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")
     hourly["billable_metrics"] = [{"id": HOURS, "group_by": {"key": "talent_id"}}]
-    assert "day windows" in refused(usage, hourly, 400, "validation_error")
+    assert "day and none windows" in refused(usage, hourly, 400, "validation_error")
+    # a none window is by period_date whatever its bounds, so it groups like a day window
     hour_none = {**hourly, "window_size": "none", "starting_on": "2026-04-14T01:00:00Z"}
-    refused(usage, hour_none, 400, "validation_error")
+    (row,) = ok(usage, hour_none)
+    assert row["start_timestamp"] == "2026-04-14T00:00:00Z" and row["end_timestamp"] == "2026-04-15T00:00:00Z"
+    assert row["value"] == Decimal("6.75") and row["groups"] == {"T1": Decimal("5.5"), "T2": Decimal("1.25")}
     bad_key = query("day", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")
     bad_key["billable_metrics"] = [{"id": HOURS, "group_by": {"key": "region"}}]
     message = refused(usage, bad_key, 400, "validation_error")
@@ -266,17 +340,37 @@ def test_unknown_or_malformed_billable_metric_ids_are_404_with_a_clear_message(u
 
 
 @pytest.mark.parametrize(
-    ("window", "start", "end", "field"),
+    ("window", "start", "end", "covered"),
     [
-        ("day", "2026-04-14T01:00:00Z", "2026-04-15T00:00:00Z", "starting_on"),
-        ("day", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00+02:00", "ending_before"),
-        ("hour", "2026-04-14T00:30:00Z", "2026-04-15T00:00:00Z", "starting_on"),
-        ("hour", "2026-04-14T00:00:00Z", "2026-04-14T05:00:00.5Z", "ending_before"),
-        ("none", "2026-04-14T00:00:00Z", "2026-04-14T05:30:00Z", "starting_on"),
+        # Metronome does not ask for aligned bounds: the windows are the UTC days or hours that contain them
+        ("day", "2026-04-14T01:00:00Z", "2026-04-15T00:00:00Z", [("2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")]),
+        (
+            "day",
+            "2026-04-13T10:30:00Z",
+            "2026-04-15T00:00:00+02:00",  # 04-14T22:00Z: the 14th is the last day
+            [("2026-04-13T00:00:00Z", "2026-04-14T00:00:00Z"), ("2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")],
+        ),
+        ("day", "2026-04-14T05:00:00Z", "2026-04-14T05:00:00.5Z", [("2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")]),
+        (
+            "hour",
+            "2026-04-14T09:30:00Z",
+            "2026-04-14T10:00:00.5Z",
+            [("2026-04-14T09:00:00Z", "2026-04-14T10:00:00Z"), ("2026-04-14T10:00:00Z", "2026-04-14T11:00:00Z")],
+        ),
+        ("hour", "2026-04-14T15:59:59Z", "2026-04-14T16:00:00Z", [("2026-04-14T15:00:00Z", "2026-04-14T16:00:00Z")]),
+        ("none", "2026-04-14T00:00:00Z", "2026-04-14T05:30:00Z", [("2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")]),
+        ("none", "2026-04-13T23:59:59Z", "2026-04-15T00:00:01Z", [("2026-04-13T00:00:00Z", "2026-04-16T00:00:00Z")]),
     ],
 )
-def test_misaligned_bounds_are_400(usage: Any, window: str, start: str, end: str, field: str) -> None:
-    assert field in refused(usage, query(window, start, end, [HOURS]), 400, "validation_error")
+def test_bounds_off_the_grid_are_widened_to_the_hours_or_days_that_contain_them(
+    usage: Any, window: str, start: str, end: str, covered: list[tuple[str, str]]
+) -> None:
+    rows = ok(usage, query(window, start, end, [HOURS]))
+    assert [(r["start_timestamp"], r["end_timestamp"]) for r in rows] == covered
+    # each row counts exactly what the same query with its own grid-aligned bounds counts
+    for row in rows:
+        (aligned,) = ok(usage, query(window, row["start_timestamp"], row["end_timestamp"], [HOURS]))
+        assert aligned["value"] == row["value"]
 
 
 @pytest.mark.parametrize("window", ["day", "hour", "none"])
@@ -299,15 +393,20 @@ def test_malformed_bodies_are_400(usage: Any) -> None:
     assert response.status_code == 400 and json.loads(response.body)["code"] == "invalid_json"
 
 
-def test_too_many_windows_is_400_naming_the_limit(usage: Any) -> None:
-    message = refused(usage, query("hour", "2026-03-01T00:00:00Z", "2026-04-12T00:00:00Z"), 400, "validation_error")
-    assert "1,000" in message and "1,008" in message
-    refused(usage, query("day", "2023-01-01T00:00:00Z", "2026-01-01T00:00:00Z"), 400, "validation_error")
-    rows, tokens = all_pages(usage, query("hour", "2026-03-05T08:00:00Z", "2026-04-16T00:00:00Z", [HOURS]))
-    assert len(rows) == 1000 and len(tokens) == 9  # exactly 1,000 hour windows is allowed
+def test_more_than_1000_windows_are_paged_not_refused(usage: Any) -> None:
+    # 60 days of hours: 1,440 windows, 15 pages
+    rows, tokens = all_pages(usage, query("hour", "2026-02-15T00:00:00Z", "2026-04-16T00:00:00Z", [HOURS]))
+    assert len(rows) == 1440 and len(tokens) == 14
+    assert rows[0]["start_timestamp"] == "2026-02-15T00:00:00Z" and rows[-1]["end_timestamp"] == "2026-04-16T00:00:00Z"
+    assert len({r["start_timestamp"] for r in rows}) == 1440
     assert sum(r["value"] for r in rows) == Decimal("10.75")
-    assert "none window" in refused(
-        usage, query("none", "2026-03-01T01:00:00Z", "2026-04-12T01:00:00Z"), 400, "validation_error"
+    # ten years of days for one metric are 3,652 rows; a longer period is a 400 naming the limit
+    first = post(usage, query("day", "2016-04-16T00:00:00Z", "2026-04-16T00:00:00Z", [HOURS]))
+    assert first.status_code == 200 and parsed(first)["next_page"]
+    message = refused(usage, query("hour", "2016-01-01T00:00:00Z", "2026-04-16T00:00:00Z"), 400, "validation_error")
+    assert "3,660 days" in message
+    assert ok(usage, query("none", "2016-04-16T00:00:00Z", "2026-04-16T00:00:00Z", [HOURS]))[0]["value"] == Decimal(
+        "10.75"
     )
 
 
