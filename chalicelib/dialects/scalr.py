@@ -5,6 +5,18 @@ breaks down by our workspaces and `breakdown_by=workspace` by our service lines;
 `runs-count` sums the meter `agent.runs` and `runs-seconds` the meter `agent.run_seconds`.
 Only day rollups are read (by period_date), never raw events. Errors are JSON:API
 error documents: {"errors": [{"status", "code", "title", "detail", "source"?}]}.
+
+Both attributes are integers, as the document types them. Runs are whole (ingest refuses a
+fractional `agent.runs`); run seconds are summed exactly and each row's exact sum is rounded
+half-even to whole seconds only when rendered (100.5 -> 100, 101.5 -> 102, 0.3 -> 0), so the
+exact value stays in the store and a `total` row is the rounded exact total, not a sum of
+rounded rows. `runs-count` is rendered by the same rule, which matters only for fractional
+runs stored before ingest refused them.
+
+`filter[date]=between:A,B` covers [A, B). Usage is kept per UTC date (the period_date the
+usage applies to), so a part of a day cannot be answered on that basis: A and B must be at
+midnight UTC (any offset, e.g. 2026-05-11T02:00:00+02:00), else the request is a 400
+`invalid_date_range` that names the bound; a range is never widened to whole days silently.
 """
 
 from __future__ import annotations
@@ -14,8 +26,8 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
 from http import HTTPStatus
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
@@ -213,7 +225,7 @@ def parse_datetime(text: str, parameter: str = P_DATE) -> datetime:
 
 
 def parse_date_filter(text: str) -> tuple[date, date]:
-    """`between:A,B` as the first and last period dates it covers (A's date <= d, d at midnight < B)."""
+    """`between:A,B` (both at midnight UTC) as the first and last period dates it covers: A <= d < B."""
     operator, colon, operands = text.partition(":")
     if not colon or operator != "between":
         raise bad_request(
@@ -229,8 +241,17 @@ def parse_date_filter(text: str) -> tuple[date, date]:
     end = parse_datetime(parts[1].strip())
     if start >= end:
         raise bad_request("invalid_date_range", "The start of the date range must be before its end.", P_DATE)
+    for which, moment, text_given in (("start", start, parts[0].strip()), ("end", end, parts[1].strip())):
+        if moment != datetime.combine(moment.date(), time(), UTC):
+            raise bad_request(
+                "invalid_date_range",
+                f"The {which} of the date range, {text_given}, is not at midnight UTC: usage statistics are "
+                "kept per UTC date, so a part of a day cannot be answered. Use whole UTC days, e.g. "
+                f"between:{start.date().isoformat()}T00:00:00Z,{end.date().isoformat()}T00:00:00Z.",
+                P_DATE,
+            )
     first = start.date()
-    last = (end - timedelta(microseconds=1)).date()  # the end is exclusive
+    last = end.date() - timedelta(days=1)  # the end is exclusive
     if (last - first).days + 1 > MAX_RANGE_DAYS:
         raise bad_request("invalid_date_range", f"The date range may cover at most {MAX_RANGE_DAYS} days.", P_DATE)
     return first, last
@@ -376,11 +397,9 @@ def _ids(lines: list[ServiceLine]) -> list[str]:
 # -- rendering -------------------------------------------------------------------------------
 
 
-def number(quantity: Decimal) -> int | Decimal:
-    """An exact JSON number: an integer when integral."""
-    if quantity == quantity.to_integral_value():
-        return int(quantity)
-    return quantity.normalize()
+def whole(quantity: Decimal) -> int:
+    """A count or a duration as the integer the document types it: rounded half-even (exact when whole)."""
+    return int(quantity.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 def statistic_id(account: str, query: UsageStatisticsQuery, row: UsageRow) -> str:
@@ -398,8 +417,8 @@ def resource(account: str, query: UsageStatisticsQuery, row: UsageRow) -> dict[s
             "breakdown-id": row.breakdown_id,
             "breakdown-name": row.breakdown_name,
             "date": row.day.isoformat() if row.day else None,
-            "runs-count": number(row.runs_count),
-            "runs-seconds": number(row.runs_seconds),
+            "runs-count": whole(row.runs_count),
+            "runs-seconds": whole(row.runs_seconds),
         },
         "links": None,
         "relationships": {"account": {"data": {"id": account, "type": "accounts"}}},
@@ -476,7 +495,9 @@ def _repeated_parameters() -> frozenset[str]:
 class UsageStatisticsParams(BaseModel):
     """The query parameters of `GET /usage-statistics`, as the OpenAPI document shows them."""
 
-    filter_date: str = Field(alias="filter[date]", description="between:<RFC 3339>,<RFC 3339> (end exclusive)")
+    filter_date: str = Field(
+        alias="filter[date]", description="between:<RFC 3339>,<RFC 3339>, both at midnight UTC (end exclusive)"
+    )
     filter_account: str = Field(alias="filter[account]", description="The account (organization) id.")
     breakdown_by: Literal["environment", "workspace"] | None = None
     total: str | None = Field(default=None, description="true to summarize the whole period.")

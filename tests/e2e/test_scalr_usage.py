@@ -20,7 +20,9 @@ from chalicelib.container import Container
 from chalicelib.dialects.scalr import JsonApiErrorDocument
 from chalicelib.domain.auth import ACCOUNTS_BILLING, CATALOG_READ, METERING_WRITE, USAGE_READ
 from chalicelib.domain.models import Organization, ServiceLine, Workspace
+from chalicelib.domain.usage import RollupDelta, RollupKey
 from chalicelib.services import catalog_admin
+from chalicelib.storage.rollups_repo import ApplyUnit
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY
 from tests.support import run_aggregator
 
@@ -147,28 +149,27 @@ def usage(client: Any, container: Container) -> Any:
 # -- sums per date, breakdowns, totals ---------------------------------------------------------
 
 
-def test_per_date_rows_sum_runs_and_run_seconds_exactly(usage: Any) -> None:
+def test_per_date_rows_sum_runs_and_run_seconds_exactly_and_render_integers(usage: Any) -> None:
     response = stats(usage, filter_date=MAY, filter_account=ORG)
+    # seconds are summed exactly, then rounded half-even: 150.5 -> 150, 652.25 -> 652, 0.1 + 0.2 -> 0
     assert rows(response) == [
-        ("2026-05-10", None, None, 5, Decimal("150.5")),
-        ("2026-05-11", None, None, 9, Decimal("652.25")),
-        ("2026-05-12", None, None, 4, Decimal("0.3")),
+        ("2026-05-10", None, None, 5, 150),
+        ("2026-05-11", None, None, 9, 652),
+        ("2026-05-12", None, None, 4, 0),
         ("2026-05-13", None, None, 7, 70),
     ]
-    # integral sums are JSON integers; 0.1 + 0.2 is exactly 0.3 (no float arithmetic)
     attributes = [item["attributes"] for item in body(response)["data"]]
-    assert all(type(a["runs-count"]) is int for a in attributes)
-    assert type(attributes[3]["runs-seconds"]) is int
-    assert b'"runs-seconds":0.3' in response.body.replace(b" ", b"")
+    assert all(type(a["runs-count"]) is int and type(a["runs-seconds"]) is int for a in attributes)
+    assert b'"runs-seconds":150}' in response.body.replace(b" ", b"")
 
 
 def test_breakdown_by_environment_is_per_workspace_with_names(usage: Any) -> None:
     response = stats(usage, filter_date=MAY, filter_account=ORG, breakdown_by="environment")
     assert rows(response) == [
-        ("2026-05-10", "WS-26-000101", "Platform Engineering", 5, Decimal("150.5")),
+        ("2026-05-10", "WS-26-000101", "Platform Engineering", 5, 150),
         ("2026-05-11", "WS-26-000101", "Platform Engineering", 3, 52),
-        ("2026-05-11", "WS-26-000102", "Data Science", 6, Decimal("600.25")),
-        ("2026-05-12", "WS-26-000101", "Platform Engineering", 4, Decimal("0.3")),
+        ("2026-05-11", "WS-26-000102", "Data Science", 6, 600),
+        ("2026-05-12", "WS-26-000101", "Platform Engineering", 4, 0),
         ("2026-05-13", "WS-26-000102", "Data Science", 7, 70),
     ]
 
@@ -176,31 +177,80 @@ def test_breakdown_by_environment_is_per_workspace_with_names(usage: Any) -> Non
 def test_breakdown_by_workspace_is_per_service_line_with_names(usage: Any) -> None:
     response = stats(usage, filter_date=MAY, filter_account=ORG, breakdown_by="workspace")
     assert rows(response) == [
-        ("2026-05-10", "LIN-26-091100", "Agent Gateway - Production", 5, Decimal("150.5")),
+        ("2026-05-10", "LIN-26-091100", "Agent Gateway - Production", 5, 150),
         ("2026-05-11", "LIN-26-091100", "Agent Gateway - Production", 1, 42),
         ("2026-05-11", "LIN-26-091200", "Agent Gateway - Staging", 2, 10),
-        ("2026-05-11", "LIN-26-091300", "Research Agents", 6, Decimal("600.25")),
-        ("2026-05-12", "LIN-26-091100", "Agent Gateway - Production", 4, Decimal("0.3")),
+        ("2026-05-11", "LIN-26-091300", "Research Agents", 6, 600),
+        ("2026-05-12", "LIN-26-091100", "Agent Gateway - Production", 4, 0),
         ("2026-05-13", "LIN-26-091300", "Research Agents", 7, 70),
     ]
 
 
 def test_total_summarizes_the_whole_period(usage: Any) -> None:
+    # the total rounds the exact total (873.05 -> 873), not the sum of the rounded days (150+652+0+70 = 872)
     overall = stats(usage, filter_date=MAY, filter_account=ORG, total="true")
-    assert rows(overall) == [(None, None, None, 25, Decimal("873.05"))]
+    assert rows(overall) == [(None, None, None, 25, 873)]
     environments = stats(usage, filter_date=MAY, filter_account=ORG, total="1", breakdown_by="environment")
     assert rows(environments) == [
-        (None, "WS-26-000101", "Platform Engineering", 12, Decimal("202.8")),
-        (None, "WS-26-000102", "Data Science", 13, Decimal("670.25")),
+        (None, "WS-26-000101", "Platform Engineering", 12, 203),
+        (None, "WS-26-000102", "Data Science", 13, 670),
     ]
     lines = stats(usage, filter_date=MAY, filter_account=ORG, total="True", breakdown_by="workspace")
     assert rows(lines) == [
-        (None, "LIN-26-091100", "Agent Gateway - Production", 10, Decimal("192.8")),
+        (None, "LIN-26-091100", "Agent Gateway - Production", 10, 193),
         (None, "LIN-26-091200", "Agent Gateway - Staging", 2, 10),
-        (None, "LIN-26-091300", "Research Agents", 13, Decimal("670.25")),
+        (None, "LIN-26-091300", "Research Agents", 13, 670),
     ]
     not_total = stats(usage, filter_date=MAY, filter_account=ORG, total="false")
     assert [r[0] for r in rows(not_total)] == ["2026-05-10", "2026-05-11", "2026-05-12", "2026-05-13"]
+
+
+def test_run_seconds_round_half_even_at_the_edge_and_stay_exact_in_the_store(usage: Any, container: Container) -> None:
+    # 05-14 .. 05-17: a day each of 0.5, 1.5, 2.5 and 0.000000001 seconds on the production line
+    for day, seconds in (("2026-05-14", "0.5"), ("2026-05-15", "1.5"), ("2026-05-16", "2.5"), ("2026-05-17", "1E-9")):
+        ingest(usage, "LIN-26-091100", "agent.run_seconds", seconds, day)
+        ingest(usage, "LIN-26-091100", "agent.runs", "1", day)
+    assert run_aggregator(usage, container) == 8
+    week = "between:2026-05-14T00:00:00Z,2026-05-18T00:00:00Z"
+    response = stats(usage, filter_date=week, filter_account=ORG)
+    assert rows(response) == [
+        ("2026-05-14", None, None, 1, 0),
+        ("2026-05-15", None, None, 1, 2),
+        ("2026-05-16", None, None, 1, 2),
+        ("2026-05-17", None, None, 1, 0),
+    ]
+    assert b"E-" not in response.body and b"." not in response.body.split(b'"data"', 1)[1].split(b'"links"')[0]
+    # the total rounds the exact 4.500000001 seconds: 5 (not 0 + 2 + 2 + 0)
+    assert rows(stats(usage, filter_date=week, filter_account=ORG, total="true")) == [(None, None, None, 4, 5)]
+    # the store keeps the exact value: the native summary shows it
+    summary = usage.http.get(
+        f"/v1/usage/summary?organization_id={ORG}&from=2026-05-14&to=2026-05-17",
+        headers={"Authorization": f"Bearer {FULL_KEY}"},
+    )
+    assert summary.status_code == 200, summary.body
+    quantities = {
+        meter["meter"]: meter["quantity"]
+        for line in body(summary)["data"]["by_service_line"]
+        for meter in line["meters"]
+    }
+    assert quantities["agent.run_seconds"] == Decimal("4.500000001")
+
+
+def test_fractional_runs_already_in_the_store_render_as_an_integer(usage: Any, container: Container) -> None:
+    """Runs stored before ingest refused fractions (a rollup of 100.5 runs) still render as an integer."""
+    delta = RollupDelta(Decimal("100.5"), 1)
+    unit = ApplyUnit(
+        "BATCH-legacy",
+        0,
+        ORG,
+        ("USAGE-legacy",),
+        {RollupKey(ORG, "LIN-26-091100", "agent.runs", "D", "2026-05-20"): delta},
+    )
+    assert container.rollups.apply([unit], NOW).applied == [unit]
+    day = "between:2026-05-20T00:00:00Z,2026-05-21T00:00:00Z"
+    response = stats(usage, filter_date=day, filter_account=ORG)
+    assert rows(response) == [("2026-05-20", None, None, 100, 0)]
+    assert type(body(response)["data"][0]["attributes"]["runs-count"]) is int
 
 
 def test_total_over_a_range_without_usage_has_no_rows(usage: Any) -> None:
@@ -215,28 +265,32 @@ def test_only_rolled_up_usage_counts(usage: Any, container: Container) -> None:
     """The statistics read day rollups: an event not yet aggregated is not in them."""
     ingest(usage, "LIN-26-091100", "agent.runs", "100", "2026-05-12")
     day = "between:2026-05-12T00:00:00Z,2026-05-13T00:00:00Z"
-    assert rows(stats(usage, filter_date=day, filter_account=ORG)) == [("2026-05-12", None, None, 4, Decimal("0.3"))]
+    assert rows(stats(usage, filter_date=day, filter_account=ORG)) == [("2026-05-12", None, None, 4, 0)]
     assert run_aggregator(usage, container) == 1
-    assert rows(stats(usage, filter_date=day, filter_account=ORG)) == [("2026-05-12", None, None, 104, Decimal("0.3"))]
+    assert rows(stats(usage, filter_date=day, filter_account=ORG)) == [("2026-05-12", None, None, 104, 0)]
 
 
 # -- the date range --------------------------------------------------------------------------
 
 
 DATE_RANGES: list[tuple[str, list[str]]] = [
-    # B at midnight is exclusive
+    # B is exclusive
     ("between:2026-05-11T00:00:00Z,2026-05-13T00:00:00Z", ["2026-05-11", "2026-05-12"]),
-    # B after midnight includes its date
-    ("between:2026-05-11T00:00:00Z,2026-05-13T00:00:01Z", ["2026-05-11", "2026-05-12", "2026-05-13"]),
-    ("between:2026-05-11T00:00:00Z,2026-05-12T23:59:59.999999Z", ["2026-05-11", "2026-05-12"]),
-    # A's date is included although A is late in the day
-    ("between:2026-05-10T23:59:59Z,2026-05-11T00:00:00Z", ["2026-05-10"]),
-    ("between:2026-05-12T10:00:00.250Z,2026-05-12T11:00:00Z", ["2026-05-12"]),
-    # offsets are converted to UTC first: A is 05-10T23:00Z, B is 05-11T22:00Z
-    ("between:2026-05-11T01:00:00+02:00,2026-05-12T00:00:00+02:00", ["2026-05-10", "2026-05-11"]),
+    ("between:2026-05-10T00:00:00Z,2026-05-11T00:00:00.000Z", ["2026-05-10"]),
+    # offsets are converted to UTC first: both bounds are midnight UTC
+    ("between:2026-05-11T02:00:00+02:00,2026-05-12T02:00:00+02:00", ["2026-05-11"]),
     ("between:2026-05-11T20:00:00-04:00,2026-05-13T20:00:00-04:00", ["2026-05-12", "2026-05-13"]),
     ("between:2026-05-13T00:00:00Z,2026-05-14T00:00:00Z", ["2026-05-13"]),
     ("between:2026-04-01T00:00:00Z,2026-05-10T00:00:00Z", []),
+]
+PARTIAL_DAYS: list[tuple[str, str]] = [
+    # (filter, the bound the error names): a part of a day is refused, never widened to whole days
+    ("between:2026-05-11T12:00:00Z,2026-05-12T12:00:00Z", "2026-05-11T12:00:00Z"),
+    ("between:2026-05-11T00:00:00Z,2026-05-13T00:00:01Z", "2026-05-13T00:00:01Z"),
+    ("between:2026-05-11T00:00:00Z,2026-05-12T23:59:59.999999Z", "2026-05-12T23:59:59.999999Z"),
+    ("between:2026-05-10T23:59:59Z,2026-05-11T00:00:00Z", "2026-05-10T23:59:59Z"),
+    ("between:2026-05-12T10:00:00.250Z,2026-05-12T11:00:00Z", "2026-05-12T10:00:00.250Z"),
+    ("between:2026-05-11T00:00:00+02:00,2026-05-12T00:00:00+02:00", "2026-05-11T00:00:00+02:00"),
 ]
 
 
@@ -246,19 +300,31 @@ def test_date_range_boundaries(usage: Any) -> None:
         assert [r[0] for r in rows(response)] == dates, date_filter
 
 
+def test_partial_days_are_a_400_naming_the_bound_not_widened(usage: Any) -> None:
+    for date_filter, bound in PARTIAL_DAYS:
+        response = stats(usage, filter_date=date_filter, filter_account=ORG, total="true")
+        assert response.status_code == 400, date_filter
+        assert header(response, "Content-Type") == JSON_API
+        (error,) = body(response)["errors"]
+        assert error["code"] == "invalid_date_range" and error["source"] == {"parameter": "filter[date]"}
+        assert bound in error["detail"] and "midnight UTC" in error["detail"], error["detail"]
+        assert error["title"] == "Invalid date range"
+
+
 def test_an_unencoded_plus_offset_is_understood(usage: Any) -> None:
     """A raw '+' arrives decoded as a space; it is read as the offset sign it was."""
-    date_filter = "between:2026-05-11T01:00:00+02:00,2026-05-12T00:00:00+02:00"
+    date_filter = "between:2026-05-11T02:00:00+02:00,2026-05-13T02:00:00+02:00"
     url = f"/usage-statistics?filter[date]={date_filter}&filter[account]={ORG}"
-    assert [r[0] for r in rows(get(usage, url))] == ["2026-05-10", "2026-05-11"]
+    assert [r[0] for r in rows(get(usage, url))] == ["2026-05-11", "2026-05-12"]
 
 
 def test_a_range_may_cover_366_days_but_not_more(usage: Any) -> None:
     longest = stats(usage, filter_date="between:2025-06-01T00:00:00Z,2026-06-02T00:00:00Z", filter_account=ORG)
     assert len(rows(longest)) == 4
-    too_long = stats(usage, filter_date="between:2025-06-01T00:00:00Z,2026-06-02T00:00:01Z", filter_account=ORG)
+    too_long = stats(usage, filter_date="between:2025-06-01T00:00:00Z,2026-06-03T00:00:00Z", filter_account=ORG)
     assert too_long.status_code == 400
     assert body(too_long)["errors"][0]["code"] == "invalid_date_range"
+    assert "366 days" in body(too_long)["errors"][0]["detail"]
 
 
 # -- the document ------------------------------------------------------------------------------
@@ -285,7 +351,7 @@ def test_the_whole_json_api_document(usage: Any) -> None:
         "breakdown-name": None,
         "date": "2026-05-12",
         "runs-count": 4,
-        "runs-seconds": Decimal("0.3"),
+        "runs-seconds": 0,
     }
     assert second["attributes"]["date"] == "2026-05-13"
     assert first["id"] != second["id"]
@@ -596,5 +662,5 @@ def test_each_organization_reads_only_its_own_agent_usage(usage: Any, container:
         (None, None, None, 11, 0)
     ]
     ours = stats(usage, filter_date=MAY, filter_account=ORG, total="true")
-    assert rows(ours) == [(None, None, None, 25, Decimal("873.05"))]
+    assert rows(ours) == [(None, None, None, 25, 873)]
     assert stats(usage, filter_date=MAY, filter_account=OTHER_ORG).status_code == 404
