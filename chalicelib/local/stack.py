@@ -112,11 +112,15 @@ class LocalHTTPServer(ThreadedHTTPServer):
             self._in_flight -= 1
             self._state.notify_all()
 
-    def stop_accepting(self) -> None:
-        """Refuse new requests and close the listening socket (new connections are refused)."""
+    def stop_accepting(self, serving: bool) -> None:
+        """Refuse new requests and close the listening socket (new connections are refused).
+
+        `serving`: whether a thread was started on serve_forever, which must then be ended first.
+        """
         with self._state:
             self._stopping = True
-        self.shutdown()  # ends serve_forever (from another thread)
+        if serving:
+            self.shutdown()  # waits for serve_forever to return, so never without one
         self.server_close()
 
     def wait_in_flight(self, timeout: float) -> int:
@@ -202,6 +206,10 @@ class RequestHandler(ChaliceRequestHandler):
         raise AttributeError(name)
 
 
+def _started(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.ident is not None
+
+
 def dynamodb_lock() -> AbstractContextManager[Any]:
     """The emulator's lock around every DynamoDB request: a snapshot copies the tables while holding it."""
     from chalicelib.local import emulator
@@ -230,7 +238,13 @@ class AwsEndpoint:
             return answer
 
         self._host = host
-        self._server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+        listener = socket.create_server((host, port), backlog=LISTEN_BACKLOG)  # OSError here, not werkzeug's exit
+        try:
+            self._server = make_server(
+                host, port, app, threaded=True, request_handler=MotoRequestHandler, fd=listener.fileno()
+            )
+        finally:
+            listener.close()  # the server holds its own duplicate of the socket
         self._thread = threading.Thread(target=self._server.serve_forever, name="aws-endpoint", daemon=True)
 
     @property
@@ -241,9 +255,10 @@ class AwsEndpoint:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if _started(self._thread):
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class LocalStack:
@@ -371,13 +386,17 @@ class LocalStack:
         return {env: issued.secret for env, issued in catalog_admin.load_demo_data(container.catalog).items()}
 
     def _start_aws_endpoint(self) -> None:
+        port = self._aws_port()
         try:
-            self.aws = AwsEndpoint(self.host, self._aws_port(), self._table_written)
+            self.aws = AwsEndpoint(self.host, port, self._table_written)
         except ImportError:
             self.notes.append("aws endpoint: off (moto's server extra is missing: make install)")
             return
         except OSError as exc:
-            raise StartupError(f"cannot serve the AWS endpoint: {exc.strerror} (set AWS_PORT)") from exc
+            reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise StartupError(
+                f"cannot serve the AWS endpoint on {self.host}:{port}: {reason} (choose one with AWS_PORT)"
+            ) from exc
         self.aws.start()
 
     def _aws_port(self) -> int:
@@ -416,7 +435,7 @@ class LocalStack:
     def stop(self) -> None:
         """Refuse new requests, finish those in flight, drain the queue, stop the workers, save, stop."""
         if self.server is not None:
-            self.http.stop_accepting()
+            self.http.stop_accepting(serving=_started(self._server_thread))
             busy = self.http.in_flight
             self.say("stopping: new requests refused" + (f"; waiting for {busy} in flight" if busy else ""))
             left = self.http.wait_in_flight(self.request_timeout)
