@@ -33,6 +33,8 @@ _SOURCE = re.compile(r"^[a-z0-9_.\-]{1,64}$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 MetadataValue = str | int | Decimal | bool
+# Meters that count whole things: a fractional quantity is refused at ingest (Scalr's runs-count is an integer).
+WHOLE_METERS = frozenset({"agent.runs"})
 
 
 def check_quantity(value: Any, field: str = "quantity") -> Decimal:

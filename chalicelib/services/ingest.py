@@ -31,8 +31,8 @@ from chalicelib.domain.ids import batch_id as new_batch_id
 from chalicelib.domain.ids import usage_event_id
 from chalicelib.domain.models import ServiceLine, UsageEvent, instant
 from chalicelib.domain.pipeline import BatchMessage
-from chalicelib.domain.usage import UsageDraft, within_idempotency_window
-from chalicelib.errors import ErrorCode, MeteringError
+from chalicelib.domain.usage import WHOLE_METERS, UsageDraft, within_idempotency_window
+from chalicelib.errors import ErrorCode, MeteringError, validation_error
 from chalicelib.services.ports import CatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore, PendingBatch, slot_for
 
@@ -108,6 +108,8 @@ def resolve(
             f"Service line '{line.id}' bills {', '.join(line.meters)}; '{meter.id}' is not permitted.",
             field="meter",
         )
+    if meter.id in WHOLE_METERS and draft.quantity != draft.quantity.to_integral_value():
+        raise validation_error("quantity", f"{meter.id} counts whole {meter.unit}; send a whole number")
     return line.workspace_id, meter.unit
 
 

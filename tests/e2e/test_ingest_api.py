@@ -812,3 +812,15 @@ def test_openapi_documents_the_idempotency_key_header(client: Any, container: Co
         parameters = document["paths"][path]["post"].get("parameters", [])
         (header,) = [p for p in parameters if p["in"] == "header" and p["name"] == "Idempotency-Key"]
         assert header["description"]
+
+
+def test_agent_runs_are_whole(client: Any, container: Container, clock: Clock) -> None:
+    def runs(meter: str, quantity: str) -> str:
+        return '{"service_line_id": "' + AGENT + '", "meter": "' + meter + '", "quantity": ' + quantity + "}"
+
+    for quantity in ("0.5", "100.5", "0.000000001"):
+        error = assert_refused(client, container, runs("agent.runs", quantity), 400, "validation_error")
+        assert error["field"] == "quantity"
+    for quantity in ("3", "4.000", "5E0"):  # a whole number however it is spelled
+        assert post(client, runs("agent.runs", quantity)).status_code == 201
+    assert post(client, runs("agent.run_seconds", "0.5")).status_code == 201
