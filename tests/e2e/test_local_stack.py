@@ -39,6 +39,14 @@ ORG = "ORG-26-090500"
 TALENT = "LIN-26-084729"
 AGENT = "LIN-26-091100"
 LINE_METERS = {TALENT: ["talent.hours", "talent.days"], AGENT: ["agent.runs", "agent.tokens", "agent.run_seconds"]}
+WHOLE_METERS = {"agent.runs"}  # refused with a fraction
+
+
+def quantity(whole: int, meter: str) -> Decimal:
+    """An exact decimal quantity, whole for meters that count whole things."""
+    return Decimal(whole) if meter in WHOLE_METERS else Decimal(whole) + Decimal("0.125")
+
+
 REQUEST_TIMEOUT_S = 3
 
 
@@ -255,12 +263,12 @@ def spread_events(prefix: str, count: int) -> list[dict[str, Any]]:
     day0 = today().date()
     for i in range(count):
         line = (TALENT, AGENT)[i % 2]
-        meters = LINE_METERS[line]
+        meter = LINE_METERS[line][(i // 2) % len(LINE_METERS[line])]
         events.append(
             {
                 "service_line_id": line,
-                "meter": meters[(i // 2) % len(meters)],
-                "quantity": Decimal(i % 17) + Decimal("0.125"),
+                "meter": meter,
+                "quantity": quantity(i % 17, meter),
                 "period_date": (day0 - timedelta(days=i % 6)).isoformat(),
                 "idempotency_key": f"{prefix}-{i}",
                 "metadata": {"n": i},
@@ -392,10 +400,11 @@ def ingest_until_stopped(base_url: str, worker: int, stop_after: threading.Event
     for i in range(100_000):
         key = f"stop-{worker}-{i}"
         line = (TALENT, AGENT)[i % 2]
+        meter = LINE_METERS[line][i % len(LINE_METERS[line])]
         event = {
             "service_line_id": line,
-            "meter": LINE_METERS[line][i % len(LINE_METERS[line])],
-            "quantity": Decimal(worker + 1) + Decimal("0.5"),
+            "meter": meter,
+            "quantity": quantity(worker + 1, meter),
             "period_date": (day0 - timedelta(days=i % 4)).isoformat(),
             "idempotency_key": key,
         }
