@@ -641,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the AWS endpoint's per-request lines
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # "Found credentials" (the emulator's)
     stack = LocalStack(
         args.host,
         args.port,
