@@ -3,7 +3,7 @@
 from chalice.app import Chalice
 
 from chalicelib import config, observability
-from chalicelib.api import catalog, openapi, service_lines, usage, usage_events
+from chalicelib.api import catalog, openapi, service_lines, usage, usage_events, workspaces
 from chalicelib.api.http import PathOwner, answer_the_rest
 from chalicelib.dialects import meter_api, metronome, scalr
 from chalicelib.workers import pipeline
@@ -16,6 +16,7 @@ app.register_blueprint(catalog.bp)
 app.register_blueprint(usage_events.bp)
 app.register_blueprint(usage.bp)
 app.register_blueprint(service_lines.bp)
+app.register_blueprint(workspaces.bp)
 app.register_blueprint(meter_api.bp)
 app.register_blueprint(metronome.bp)
 app.register_blueprint(scalr.bp)

@@ -9,7 +9,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chalicelib.domain.models import Meter, Plan, PlanLimits, ProductLine, ServiceLine, Sla, UsageEvent, instant
+from chalicelib.domain.models import (
+    ExecutionModel,
+    Meter,
+    Plan,
+    PlanLimits,
+    ProductLine,
+    ServiceLine,
+    Sla,
+    UsageEvent,
+    instant,
+)
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -78,6 +88,7 @@ class PlanSummaryPublic(BaseModel):
     currency: str
     status: str
     allowed_product_lines: list[str]
+    allowed_execution_models: list[str] = Field(description="An addition: the execution models lines may use.")
     limits: PlanLimitsSummary
 
     @classmethod
@@ -85,6 +96,7 @@ class PlanSummaryPublic(BaseModel):
         return cls(
             **plan.model_dump(include={"id", "name", "tier", "billing_cycle", "price", "currency", "status"}),
             allowed_product_lines=list(plan.allowed_product_lines),
+            allowed_execution_models=list(plan.allowed_execution_models),
             limits=PlanLimitsSummary(**plan.limits.model_dump(exclude={"integrations", "webhooks"})),
         )
 
@@ -102,6 +114,7 @@ class PlanPublic(PlanSummaryPublic):
         return cls(
             **plan.model_dump(include={"id", "name", "tier", "billing_cycle", "price", "currency", "status"}),
             allowed_product_lines=list(plan.allowed_product_lines),
+            allowed_execution_models=list(plan.allowed_execution_models),
             features=list(plan.features),
             limits=plan.limits,
             support_tier=plan.support_tier,
@@ -222,6 +235,7 @@ class ServiceLineCreate(BaseModel):
     workspace_id: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=120)
     product_line: ProductLine
+    execution_model: ExecutionModel = Field(default="on_demand", description="Gated by the plan.")
     rates: dict[str, Decimal] = Field(description="Price per unit for each meter the line bills.", max_length=20)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
 
@@ -249,6 +263,7 @@ class ServiceLinePublic(BaseModel):
     name: str
     product_line: str
     status: str
+    execution_model: str
     currency: str
     billing_model: dict[str, Any]
     created_at: str
@@ -261,6 +276,7 @@ class ServiceLinePublic(BaseModel):
             workspace_id=line.workspace_id,
             name=line.name,
             product_line=line.product_line,
+            execution_model=line.execution_model,
             status=line.status,
             currency=line.currency,
             billing_model={

@@ -45,6 +45,7 @@ def create_service_line(call: Call) -> Reply:
         body.rates,
         body.currency,
         call.container.clock(),
+        execution_model=body.execution_model,
     )
     return Reply({"data": _public(call, line)}, 201)
 

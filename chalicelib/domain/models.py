@@ -58,6 +58,12 @@ class Meter(Frozen):
         return self.status == "ACTIVE"
 
 
+# How a service line's work is carried out. Document 001 gates "every execution_model and product_line
+# combination" by the plan but names no models: these four, and the plans' allowed_execution_models, are ours.
+ExecutionModel = Literal["on_demand", "dedicated", "managed", "autonomous"]
+EXECUTION_MODELS: tuple[ExecutionModel, ...] = ("on_demand", "dedicated", "managed", "autonomous")
+
+
 class PlanLimits(Frozen):
     """Hard limits per resource; None means unlimited."""
 
@@ -86,6 +92,7 @@ class Plan(Frozen):
     currency: str
     status: Literal["active", "deprecated"]
     allowed_product_lines: tuple[ProductLine, ...]
+    allowed_execution_models: tuple[ExecutionModel, ...] = ("on_demand",)
     features: tuple[str, ...]
     limits: PlanLimits
     support_tier: Literal["community", "standard", "priority", "dedicated"]
@@ -136,6 +143,7 @@ class ServiceLine(Frozen):
     workspace_id: str
     name: str
     product_line: ProductLine
+    execution_model: ExecutionModel = "on_demand"
     status: Literal["active", "paused"] = "active"
     currency: str = "USD"
     rates: dict[str, Decimal]

@@ -47,8 +47,9 @@ def create_line(
     rates: dict[str, Decimal],
     currency: str,
     now: datetime,
+    execution_model: str = "on_demand",
 ) -> ServiceLine:
-    """Create an active service line if the plan allows its product line and one more active line."""
+    """Create an active service line if the plan allows its product line, its execution model and one more line."""
     if workspace_id not in {w.id for w in catalog.list_workspaces(organization_id)}:
         raise MeteringError(
             ErrorCode.NOT_FOUND, f"No workspace '{workspace_id}' belongs to this organization.", field="workspace_id"
@@ -60,6 +61,13 @@ def create_line(
             f"Plan '{plan.id}' does not allow the '{product_line}' product line.",
             field="product_line",
             details={"limit": "allowed_product_lines", "allowed_product_lines": list(plan.allowed_product_lines)},
+        )
+    if execution_model not in plan.allowed_execution_models:
+        raise MeteringError(
+            ErrorCode.PLAN_LIMIT_EXCEEDED,
+            f"Plan '{plan.id}' does not allow the '{execution_model}' execution model.",
+            field="execution_model",
+            details={"limit": "allowed_execution_models", "allowed": list(plan.allowed_execution_models)},
         )
     if not rates:
         raise validation_error("rates", "must name at least one meter")
@@ -86,6 +94,7 @@ def create_line(
             workspace_id=workspace_id,
             name=name,
             product_line=product_line,  # type: ignore[arg-type]
+            execution_model=execution_model,  # type: ignore[arg-type]
             status="active",
             currency=currency,
             rates=rates,

@@ -623,3 +623,27 @@ def test_rate_limited_plan_still_gates_service_lines(client: Any, container: Con
         403,
         "plan_limit_exceeded",
     )
+
+
+def test_execution_models_are_gated_by_the_plan(client: Any, container: Container, clock: Clock) -> None:
+    response = create(client, line_body(execution_model="dedicated"))  # the starter plan: on_demand only
+    assert response.status_code == 403, response.body
+    error = body(response)["error"]
+    assert (error["code"], error["field"]) == ("plan_limit_exceeded", "execution_model")
+    assert active_count(container) == 1
+    line = body(create(client, line_body()))["data"]
+    assert line["execution_model"] == "on_demand"
+    for model in ("on_demand", "dedicated", "managed", "autonomous"):  # the enterprise plan allows them all
+        payload = line_body(workspace_id=WORKSPACE, execution_model=model)
+        created = create(client, payload, key=FULL_KEY)
+        assert created.status_code == 201, created.body
+        assert body(created)["data"]["execution_model"] == model
+    assert create(client, line_body(execution_model="robotic"), key=FULL_KEY).status_code == 400
+    plans = {p["id"]: p for p in body(client.http.get("/v1/plans", headers=auth(FULL_KEY)))["data"]}
+    assert plans["plan_starter_monthly"]["allowed_execution_models"] == ["on_demand"]
+    assert plans["plan_enterprise_annual"]["allowed_execution_models"] == [
+        "on_demand",
+        "dedicated",
+        "managed",
+        "autonomous",
+    ]
