@@ -24,7 +24,6 @@ class ErrorCode(Enum):
     INVALID_CURSOR = (400, "The cursor is invalid or belongs to another query.")
     IDEMPOTENCY_KEY_REQUIRED = (400, "An idempotency key is required.")
     METER_IDENTIFIER_REQUIRED = (400, "Provide meterId or meterName.")
-    AMBIGUOUS_SERVICE_LINE = (400, "More than one service line carries this meter; name one.")
     # 401 / 403: who is asking
     UNAUTHORIZED = (401, "A valid API key is required.")
     INSUFFICIENT_SCOPE = (403, "The API key lacks the scope this operation needs.")
@@ -37,6 +36,8 @@ class ErrorCode(Enum):
     METER_NOT_FOUND = (404, "No meter has this identifier.")
     SERVICE_LINE_NOT_FOUND = (404, "No service line with this id belongs to the organization.")
     CUSTOMER_NOT_FOUND = (404, "No customer with this id is readable with this key.")
+    # 405: the path exists, the method does not
+    METHOD_NOT_ALLOWED = (405, "This path does not serve this method.")
     # 409 / 413 / 415 / 422: the request cannot be applied as sent
     IDEMPOTENCY_CONFLICT = (409, "The idempotency key was used with a different payload.")
     SERVICE_LINE_INACTIVE = (409, "The service line is not active.")

@@ -295,20 +295,11 @@ def endpoint(
 class MethodNotAllowed(MeteringError):
     """405 method_not_allowed: the path exists, the method does not (`Allow` lists what does)."""
 
-    # TODO(errors.py): an ErrorCode.METHOD_NOT_ALLOWED (405) would replace these two overrides.
     def __init__(self, method: str, allowed: Sequence[str]) -> None:
         super().__init__(
-            ErrorCode.INVALID_REQUEST, f"This path does not serve {method}; it serves {', '.join(allowed)}."
+            ErrorCode.METHOD_NOT_ALLOWED, f"This path does not serve {method}; it serves {', '.join(allowed)}."
         )
         self.response_headers = {"Allow": ", ".join(allowed)}
-
-    @property
-    def http_status(self) -> int:
-        return 405
-
-    @property
-    def code(self) -> str:
-        return "method_not_allowed"
 
 
 @dataclass(frozen=True)

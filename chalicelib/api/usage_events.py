@@ -55,7 +55,9 @@ def header_key(call: Call, max_length: int = usage.MAX_IDEMPOTENCY_KEY) -> str |
     return key
 
 
-def draft_from_body(data: Any, now: datetime, prefix: str = "", header: str | None = None) -> usage.UsageDraft:
+def draft_from_body(
+    data: Any, now: datetime, prefix: str = "", header: str | None = None, days_back: int = usage.PERIOD_DAYS_BACK
+) -> usage.UsageDraft:
     """A validated draft from a native event body; a 400 naming the field otherwise.
 
     `header` is the key the request's header gives this event: the body's key, if any, must equal it.
@@ -77,7 +79,7 @@ def draft_from_body(data: Any, now: datetime, prefix: str = "", header: str | No
         meter=body.meter,
         quantity=usage.check_quantity(body.quantity, name("quantity")),
         period_date=(
-            usage.check_period_date(body.period_date, now.date(), name("period_date"))
+            usage.check_period_date(body.period_date, now.date(), name("period_date"), days_back)
             if body.period_date is not None
             else now.date()
         ),
@@ -115,7 +117,7 @@ def ingest_event(call: Call) -> Reply:
     """Ingest one usage event; a replay of its idempotency key returns the original record."""
     now = call.container.clock()
     header = header_key(call)
-    draft = draft_from_body(call.json(), now, header=header)
+    draft = draft_from_body(call.json(), now, header=header, days_back=call.container.settings.period_days_back)
     (outcome,) = _run(call, [draft], now)
     observability.count_outcomes([outcome.status])
     if outcome.error is not None:
@@ -145,7 +147,15 @@ def ingest_batch(call: Call) -> Reply:
     items: list[usage.UsageDraft | MeteringError] = []
     for index, data in enumerate(body.events):
         try:
-            items.append(draft_from_body(data, now, f"events[{index}]", batch_key(header, index, data)))
+            items.append(
+                draft_from_body(
+                    data,
+                    now,
+                    f"events[{index}]",
+                    batch_key(header, index, data),
+                    days_back=call.container.settings.period_days_back,
+                )
+            )
         except MeteringError as error:
             items.append(error)
     results = []

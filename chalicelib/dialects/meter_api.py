@@ -266,7 +266,8 @@ def report_usage(call: Call) -> Reply:
         raise MeteringError(ErrorCode.CUSTOMER_NOT_FOUND, f"No customer '{body.customerId}' is visible to this key.")
     meter = find_meter(catalog, body.meterId, body.meterName)
     quantity = usage.check_quantity(body.value, "value")
-    event_time = usage.check_timestamp(body.timestamp, now) if body.timestamp is not None else None
+    days_back = call.container.settings.period_days_back
+    event_time = usage.check_timestamp(body.timestamp, now, days_back=days_back) if body.timestamp is not None else None
     metadata = usage.check_metadata(body.metadata)
     draft = usage.UsageDraft(
         service_line_id=body.subscriptionId or "",

@@ -104,7 +104,7 @@ def check_period_window(day: date, today: date, field: str, days_back: int = PER
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def check_timestamp(value: Any, now: datetime, field: str = "timestamp") -> datetime:
+def check_timestamp(value: Any, now: datetime, field: str = "timestamp", days_back: int = PERIOD_DAYS_BACK) -> datetime:
     """An ISO-8601 timestamp with a zone (a bare date is that day's start in UTC), not in the future
     (5 min skew) nor past the late window."""
     if not isinstance(value, str) or len(value) > 40:
@@ -123,7 +123,7 @@ def check_timestamp(value: Any, now: datetime, field: str = "timestamp") -> date
         raise validation_error(field, "is out of range") from None
     if parsed > now + MAX_CLOCK_SKEW:
         raise validation_error(field, "must not be in the future")
-    check_period_window(parsed.date(), now.date(), field)
+    check_period_window(parsed.date(), now.date(), field, days_back)
     return parsed
 
 
