@@ -198,7 +198,7 @@ class RequestHandler(ChaliceRequestHandler):
         return True
 
     def _method_not_allowed(self) -> None:
-        self._refuse(405, b'{"error":{"code":"method_not_allowed","message":"This method is not supported."}}')
+        self._refuse(405, _error_body(ErrorCode.METHOD_NOT_ALLOWED, f"{self.command} is not supported."))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_"):
