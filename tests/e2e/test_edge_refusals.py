@@ -105,3 +105,18 @@ def test_a_call_refused_for_its_scope_is_not_charged(client: Any, container: Con
         assert client.http.get("/v1/usage", headers=auth(full_key)).status_code == 200
     response = client.http.get("/v1/usage", headers=auth(full_key))
     assert response.status_code == 429, response.body
+
+
+def test_the_documents_own_example_date_is_within_the_stages_late_window(
+    client: Any, container: Container, clock: Clock
+) -> None:
+    assert container.settings.period_days_back == 366
+    event = {"service_line_id": "LIN-26-084729", "meter": "talent.hours", "quantity": 8, "period_date": "2026-04-14"}
+    response = client.http.post("/v1/metering/events", headers=auth(), body=json.dumps(event))
+    assert response.status_code == 201, response.body
+    assert report(client, "2026-04-14T09:00:00Z", "edge-late").status_code == 202
+    event["period_date"] = "2025-11-26"  # 367 days back
+    response = client.http.post("/v1/metering/events", headers=auth(), body=json.dumps(event))
+    assert response.status_code == 400, response.body
+    assert "366 days back" in body(response)["error"]["message"]
+    assert report(client, "2025-11-26T09:00:00Z", "edge-later").status_code == 400
