@@ -31,5 +31,6 @@ PATH_OWNERS = [
     PathOwner("/v1/usage", metronome.METRONOME, methods=frozenset({"POST"})),
     PathOwner("/v1/ingest", metronome.METRONOME),
     PathOwner("/usage-statistics", scalr.SCALR),
+    *(PathOwner(prefix, metronome.METRONOME, edge=False) for prefix in metronome.METRONOME_PATH_PREFIXES),
 ]
 answer_the_rest(app, PATH_OWNERS)

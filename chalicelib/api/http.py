@@ -307,11 +307,13 @@ class PathOwner:
     """A dialect owns the paths under `prefix` (segment by segment; `{}` matches any one segment).
 
     With `methods`, only those methods of exactly that path (POST /v1/usage is Metronome's, GET is native).
+    With `edge=False` the prefix gets no routes of its own: a catch-all above it answers, in its envelope.
     """
 
     prefix: str
     dialect: Dialect
     methods: frozenset[str] = frozenset()
+    edge: bool = True
 
     def matches(self, path: str, method: str) -> int:
         """How many segments of `path` this owner claims for `method` (0: none)."""
@@ -370,7 +372,7 @@ def answer_the_rest(app: Chalice, owners: Sequence[PathOwner]) -> None:
 
     Each answer is in the envelope of the path's owner. Run once, when app.py is imported.
     """
-    static_prefixes = [o.prefix for o in owners if "{}" not in o.prefix]
+    static_prefixes = [o.prefix for o in owners if o.edge and "{}" not in o.prefix]
     for n, (path, routed) in enumerate(sorted(edge_paths(list(app.routes), static_prefixes).items())):
         served = sorted(app.routes.get(path, {})) if routed else []
         missing = [m for m in ALL_METHODS if m not in served]
@@ -382,10 +384,22 @@ def answer_the_rest(app: Chalice, owners: Sequence[PathOwner]) -> None:
         EDGE_ROUTES.update((path, m) for m in missing)
 
 
+def requested_path(route: str, params: Mapping[str, str], context_path: str | None = None) -> str:
+    """The path a request asked for, from its route and path parameters (`/v1/{proxy+}` + `a/b` -> `/v1/a/b`).
+
+    Chalice's local server passes no parameter for a greedy `{proxy+}`; its context's path is the path asked for.
+    """
+    if "+}" in route and not params and context_path:
+        return context_path
+    for name, value in params.items():
+        route = route.replace("{" + name + "+}", value).replace("{" + name + "}", value)
+    return route
+
+
 def _edge_view(app: Chalice, owners: Sequence[PathOwner], path: str, served: Sequence[str]) -> Callable[..., Response]:
     allowed = [*served, *(["OPTIONS"] if "OPTIONS" not in served else [])] if served else []
 
-    def view(**_: str) -> Response:
+    def view(**params: str) -> Response:
         request = app.current_request
         assert request is not None  # Chalice sets it before calling a view
         started = time.monotonic()
@@ -401,7 +415,8 @@ def _edge_view(app: Chalice, owners: Sequence[PathOwner], path: str, served: Seq
                 error = MethodNotAllowed(method, allowed)
             else:
                 error = MeteringError(ErrorCode.NOT_FOUND, "No resource exists at this path.")
-            dialect = owner_of(owners, path, method)
+            asked = requested_path(path, params, (request.context or {}).get("path"))
+            dialect = owner_of(owners, asked, method)
             body = dialect.error_body(error, request_id)
             response = render(error.http_status, body, dialect.content_type, request_id, error_headers(error))
             if method == "HEAD":  # a HEAD answer has headers only

@@ -78,6 +78,13 @@ def test_unknown_paths_under_a_dialect_answer_in_its_envelope(client: Any) -> No
     assert metronome.status_code == 404
     assert parsed(metronome) == {"message": "No resource exists at this path.", "code": "not_found"}
 
+    # Metronome's SDK calls under a catch-all with no route of their own: the path asked for decides the envelope
+    for method, path in (("GET", "/v1/customers"), ("POST", "/v1/contracts"), ("POST", "/v1/billable-metrics")):
+        response = client.http.request(method, path, headers=BEARER, body=b"{}")
+        assert response.status_code == 404, (path, response.body)
+        assert parsed(response) == {"message": "No resource exists at this path.", "code": "not_found"}
+        assert_no_credential(response)
+
     scalr = client.http.get("/usage-statistics/nope", headers=BEARER)
     assert scalr.status_code == 404
     assert scalr.headers["Content-Type"] == "application/vnd.api+json"

@@ -43,3 +43,14 @@ def test_numbers_are_written_in_plain_notation(value: Decimal, text: str) -> Non
 )
 def test_links_echo_only_a_host_name_and_http_or_https(headers: dict[str, str], expected: str) -> None:
     assert base_url({}, headers) == expected
+
+
+def test_the_path_asked_for_decides_a_catch_alls_envelope() -> None:
+    from chalicelib.api.http import requested_path
+
+    assert requested_path("/v1/{proxy+}", {"proxy": "customers/abc"}) == "/v1/customers/abc"  # API Gateway
+    assert requested_path("/v1/{proxy+}", {}, "/v1/customers/abc") == "/v1/customers/abc"  # chalice local
+    assert requested_path("/v1/meters/{meterId}/subscriptions/{proxy+}", {"meterId": "m", "proxy": "x"}) == (
+        "/v1/meters/m/subscriptions/x"
+    )
+    assert requested_path("/v1/meters", {}, "/api/v1/meters") == "/v1/meters"
