@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -32,10 +32,10 @@ from chalicelib.domain.auth import ALL_SCOPES, parse_scopes
 from chalicelib.domain.models import Organization, Workspace, organization_uuid
 from chalicelib.services import catalog_admin
 from chalicelib.storage import clients
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository, IdTakenError
+from chalicelib.storage.catalog_repo import IdTakenError
 
 if TYPE_CHECKING:
-    from chalicelib.domain.models import ApiKey
+    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("--base-url", default=os.environ.get("METERING_BASE_URL", "http://127.0.0.1:8000"))
         command.add_argument("--api-key", default=os.environ.get("METERING_API_KEY"), help="or METERING_API_KEY")
+        command.add_argument(
+            "--timeout", type=float, default=120.0, help="seconds to wait for one answer (default 120)"
+        )
     imp = sub.choices["import"]
     imp.add_argument("file", type=Path, help=".csv, or .jsonl/.ndjson")
-    imp.add_argument("--rejected", type=Path, help="where to write rejected rows (default: FILE.rejected.csv)")
+    imp.add_argument(
+        "--rejected", type=Path, help="where to write rejected rows (default: FILE.rejected.csv, .jsonl for JSON Lines)"
+    )
+    imp.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on standard error (default: only on a terminal)",
+    )
     exp = sub.choices["export"]
     exp.add_argument("--out", type=Path, help="CSV file (default: standard output)")
     for flag in ("from", "to", "service_line_id", "workspace_id", "meter"):
@@ -92,11 +103,11 @@ def run_http(args: argparse.Namespace) -> int:
     if not args.api_key:
         print("error: an API key is needed (--api-key or METERING_API_KEY)", file=sys.stderr)
         return 2
-    client = backfill.ApiClient(args.base_url, args.api_key)
+    client = backfill.ApiClient(args.base_url, args.api_key, timeout=args.timeout)
     if args.command == "import":
-        rejected = args.rejected or args.file.with_name(args.file.name + ".rejected.csv")
         try:
-            report = backfill.import_file(client, args.file, rejected)
+            rejected = args.rejected or backfill.default_rejects_path(args.file)
+            report = backfill.import_file(client, args.file, rejected, show_progress=args.progress)
         except (OSError, ValueError, backfill.ApiError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -189,6 +200,7 @@ def run_stage(args: argparse.Namespace, container: Container) -> int:
             return 2
         try:
             repo.put_workspace(Workspace(id=args.id, organization_id=args.org, name=args.name))
+            repo.recount_workspaces(args.org)
         except IdTakenError:
             print(f"error: workspace id {args.id} belongs to another organization", file=sys.stderr)
             return 2
@@ -212,7 +224,7 @@ def run_stage(args: argparse.Namespace, container: Container) -> int:
         print(f"secret:  {issued.secret}   (shown once; only its hash is stored)")
         return 0
     if args.action == "list":
-        listed = list_api_keys(repo, args.org)
+        listed = repo.list_api_keys(args.org)
         print(f"{'key id':<22}  {'organization':<14}  {'status':<7}  {'created':<10}  {'name':<20}  scopes")
         for k in listed:
             created = k.created_at.date().isoformat()
@@ -226,35 +238,6 @@ def run_stage(args: argparse.Namespace, container: Container) -> int:
         return 0
     print(f"error: no key {args.key_id}", file=sys.stderr)
     return 1
-
-
-def list_api_keys(repo: DynamoCatalogRepository, organization_id: str | None = None) -> list[ApiKey]:
-    """The stage's API keys (optionally one organization's), by organization then creation time.
-
-    One Scan of the catalog table for the keys' hashes (the table holds no usage and stays
-    small), then each key read as the service reads it.
-    """
-    kwargs: dict[str, Any] = {
-        "TableName": repo.table_name,
-        "FilterExpression": "#kind = :kind",
-        "ProjectionExpression": "key_hash",
-        "ExpressionAttributeNames": {"#kind": "kind"},
-        "ExpressionAttributeValues": {":kind": {"S": "api_key"}},
-    }
-    found: list[ApiKey] = []
-    while True:
-        page = repo.client.scan(**kwargs)
-        for raw in page.get("Items", []):
-            api_key = repo.get_api_key(raw["key_hash"]["S"])
-            if api_key is not None:
-                found.append(api_key)
-        if "LastEvaluatedKey" not in page:
-            break
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-    return sorted(
-        (k for k in found if organization_id is None or k.organization_id == organization_id),
-        key=lambda k: (k.organization_id, k.created_at, k.key_id),
-    )
 
 
 def main() -> int:

@@ -404,6 +404,34 @@ class DynamoCatalogRepository:
         self._put(api_key_pk(api_key.key_hash), API_KEY_SK, "api_key", values)
         self._put(api_key_ref_pk(api_key.key_id), API_KEY_SK, "api_key_ref", {"key_hash": api_key.key_hash})
 
+    def list_api_keys(self, organization_id: str | None = None) -> list[ApiKey]:
+        """The stage's API keys (optionally one organization's), by organization then creation time.
+
+        One Scan of the catalog table for the keys' hashes (the table holds no usage and stays
+        small), then each key read as the service reads it.
+        """
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "#kind = :kind",
+            "ProjectionExpression": "key_hash",
+            "ExpressionAttributeNames": {"#kind": "kind"},
+            "ExpressionAttributeValues": {":kind": {"S": "api_key"}},
+        }
+        found: list[ApiKey] = []
+        while True:
+            page = self.client.scan(**kwargs)
+            for raw in page.get("Items", []):
+                api_key = self.get_api_key(raw["key_hash"]["S"])
+                if api_key is not None:
+                    found.append(api_key)
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(
+            (k for k in found if organization_id is None or k.organization_id == organization_id),
+            key=lambda k: (k.organization_id, k.created_at, k.key_id),
+        )
+
     def revoke_api_key(self, key_id: str) -> bool:
         ref = self._get(api_key_ref_pk(key_id), API_KEY_SK)
         if ref is None:
