@@ -31,6 +31,7 @@ import pytest
 
 from chalicelib import backfill, jsonutil
 from chalicelib.cli import run
+from chalicelib.domain.usage import WHOLE_METERS
 from tests.conftest import FULL_KEY
 from tests.e2e.localstack import ROOT, request, running_stack
 
@@ -171,6 +172,8 @@ def usage_rows(lines: dict[str, list[str]], count: int, seed: int) -> list[dict[
                 "metadata": json.dumps(metadata) if i % 4 else "",
             }
         )
+        if rows[-1]["meter"] in WHOLE_METERS:  # runs are whole
+            rows[-1]["quantity"] = rows[-1]["quantity"].split(".")[0]
     return rows
 
 
@@ -181,7 +184,7 @@ SERVER_FAULTS = {"period_date": "validation_error", "meter": "meter_not_permitte
 def spoil(rows: list[dict[str, str]], seed: int) -> dict[int, str]:
     """Make some rows bad in the ways real files are; row number -> the field that is wrong."""
     rng = random.Random(seed)
-    old = (datetime.now(UTC).date() - timedelta(days=90)).isoformat()
+    old = (datetime.now(UTC).date() - timedelta(days=400)).isoformat()  # past the 366-day late window
     kinds = [*LOCAL_FAULTS, *SERVER_FAULTS]
     spoiled = {}
     for n, index in enumerate(rng.sample(range(len(rows)), 2 * len(kinds))):
@@ -194,7 +197,8 @@ def spoil(rows: list[dict[str, str]], seed: int) -> dict[int, str]:
 def fix(row: dict[str, Any], kind: str, number: int, lines: dict[str, list[str]], as_json: bool) -> None:
     """What a user does to a rejected row."""
     if kind == "quantity":
-        row["quantity"] = Decimal(f"12.{number}") if as_json else f"12.{number}"
+        fixed = f"12{number}" if row["meter"] in WHOLE_METERS else f"12.{number}"
+        row["quantity"] = Decimal(fixed) if as_json else fixed
     elif kind == "metadata":
         row["metadata"] = {"ref": f"fixed-{number}"} if as_json else json.dumps({"ref": f"fixed-{number}"})
     elif kind == "period_date":
