@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 LOCAL_DATA_DIR ?= .local-data
 FRESH ?=
+DEMO_HISTORY_DAYS ?= 30
 STAMP := $(VENV)/.installed
 
 STAGE ?= dev
@@ -22,8 +23,10 @@ install: $(STAMP)
 
 # The tables are kept in LOCAL_DATA_DIR across restarts; FRESH=1 starts empty (the old
 # snapshot is kept one step back). The emulated AWS is served on PORT + 1 (AWS_PORT).
+# A first (or FRESH) start loads DEMO_HISTORY_DAYS days of demo usage (0: none).
 run: $(STAMP)
-	PORT=$(PORT) LOCAL_DATA_DIR="$(LOCAL_DATA_DIR)" FRESH="$(FRESH)" exec $(BIN)/python -m chalicelib.local.stack
+	PORT=$(PORT) LOCAL_DATA_DIR="$(LOCAL_DATA_DIR)" FRESH="$(FRESH)" DEMO_HISTORY_DAYS="$(DEMO_HISTORY_DAYS)" \
+		exec $(BIN)/python -m chalicelib.local.stack
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -39,7 +39,7 @@ from chalicelib import catalog as catalog_data
 from chalicelib.container import Container, set_container
 from chalicelib.domain.auth import hash_key, parse_scopes
 from chalicelib.errors import ErrorCode, MeteringError
-from chalicelib.local import persistence
+from chalicelib.local import persistence, workload
 from chalicelib.local.emulator import Emulator
 from chalicelib.local.runtime import Scheduler, SqsPoller, schedule_seconds
 from chalicelib.services import catalog_admin, sweep
@@ -280,9 +280,11 @@ class LocalStack:
         aws_port: int | None = None,
         drain_seconds: float = 20.0,
         request_timeout: float = CONNECTION_TIMEOUT_S,
+        history_days: int = 0,
         say: Callable[[str], None] = lambda text: print(text, flush=True),
     ) -> None:
         self.host = host
+        self.history_days = history_days
         self.port = port
         self.schedule_every = schedule_every
         self.data_dir = data_dir.resolve() if data_dir else None
@@ -329,6 +331,15 @@ class LocalStack:
         catalog_admin.load_platform_catalog(container.catalog)
         if demo:
             self.keys = demo_keys(container) if restored else self._new_demo_keys(container)
+        if demo and not restored and self.history_days > 0:
+            # Before the pollers and schedules start: historic batches are rolled up as they queue.
+            self.say(f"loading {self.history_days} days of demo usage (DEMO_HISTORY_DAYS)...")
+            history = workload.load_history(container, days=self.history_days)
+            self.notes.append(
+                f"demo history: {history.accepted:,} events over {self.history_days} days "
+                f"({history.duplicate} retries, {history.refused} refused) in {history.seconds:.0f} s; "
+                "summaries fill in as the aggregator catches up"
+            )
         if restored:
             swept = sweep.sweep(container.events, container.queue, container.clock(), grace=timedelta(0))
             if swept.requeued:
@@ -590,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-demo", action="store_true", help="load the catalog but no demo organizations")
     parser.add_argument(
+        "--history-days",
+        type=int,
+        default=int(env.get("DEMO_HISTORY_DAYS") or 0),
+        help="days of demo usage to load into an empty store (default: DEMO_HISTORY_DAYS or 0; make run: 30)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path(env["LOCAL_DATA_DIR"]) if env.get("LOCAL_DATA_DIR") else None,
@@ -652,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         aws_port=args.aws_port,
         drain_seconds=args.drain_seconds,
         request_timeout=args.request_timeout,
+        history_days=args.history_days,
     )
     # SIGTERM stops like Ctrl-C; SIGINT is handled even when inherited as ignored (a background job).
     signal.signal(signal.SIGINT, _interrupt)

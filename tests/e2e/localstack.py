@@ -20,7 +20,16 @@ from tests.conftest import FULL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 # Settings of `make run` a developer may have exported; a test states its own.
-_STACK_ENV = ("LOCAL_DATA_DIR", "FRESH", "SNAPSHOT_SECONDS", "DRAIN_SECONDS", "AWS_PORT", "PORT", "HOST")
+_STACK_ENV = (
+    "LOCAL_DATA_DIR",
+    "FRESH",
+    "SNAPSHOT_SECONDS",
+    "DRAIN_SECONDS",
+    "AWS_PORT",
+    "PORT",
+    "HOST",
+    "DEMO_HISTORY_DAYS",
+)
 
 
 class StackProcess:

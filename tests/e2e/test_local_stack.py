@@ -32,7 +32,7 @@ import pytest
 
 from chalicelib import jsonutil
 from chalicelib.local import persistence
-from tests.conftest import FULL_KEY
+from tests.conftest import FULL_KEY, OTHER_ORG_KEY
 from tests.e2e.localstack import ROOT, StackProcess, request, running_stack_process
 
 ORG = "ORG-26-090500"
@@ -492,3 +492,38 @@ def test_a_failed_write_leaves_the_previous_snapshot_whole(tmp_path: Path) -> No
         persistence.write_snapshot(tmp_path, bad)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [persistence.SNAPSHOT_FILE]
+
+
+def every_event(base_url: str, key: str, days: int) -> list[dict[str, Any]]:
+    """Every event an organization has over the last `days` days (all pages)."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    first = (today().date() - timedelta(days=days + 1)).isoformat()
+    while True:
+        query = {
+            "from": first,
+            "to": today().date().isoformat(),
+            "limit": "100",
+            **({"cursor": cursor} if cursor else {}),
+        }
+        status, page = request(f"{base_url}/v1/usage?{urlencode(query)}", key=key)
+        assert status == 200, page
+        found += page["data"]
+        cursor = page["meta"]["cursor"]
+        if not page["meta"]["has_more"]:
+            return found
+
+
+def test_a_first_start_loads_demo_history_and_a_restart_does_not_load_it_again(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with running_stack_process("--history-days", "3", data_dir=data_dir) as first:
+        note = next(line for line in first.lines if "demo history: " in line)
+        accepted = int(note.split("demo history: ")[1].split(" events")[0].replace(",", ""))
+        own = every_event(first.base_url, FULL_KEY, 3)
+        theirs = every_event(first.base_url, OTHER_ORG_KEY, 3)
+        assert accepted > 100 and len(own) + len(theirs) == accepted
+        assert len({e["service_line_id"] for e in own}) >= 3 and len({e["meter"] for e in own}) >= 4
+        assert len({e["period_date"] for e in own}) >= 3
+    with running_stack_process("--history-days", "3", data_dir=data_dir) as second:
+        assert "demo history" not in second.output and "loaded" in second.output
+        assert len(every_event(second.base_url, FULL_KEY, 3)) == len(own)
