@@ -55,6 +55,7 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.bench_spread
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

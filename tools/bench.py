@@ -464,11 +464,12 @@ class CallMeter:
 
 
 @contextmanager
-def local_stack() -> Iterator[tuple[str, int]]:
-    """`python -m chalicelib.local.stack --port 0` as a subprocess; yields (host, port), stops it with Ctrl-C."""
-    env = {**os.environ, "DEMO_API_KEY": DEMO_KEY}
+def local_stack(extra_args: Sequence[str] = ()) -> Iterator[StackInfo]:
+    """`python -m chalicelib.local.stack --port 0` as a subprocess; yields where it listens, stops it with Ctrl-C."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_DATA_DIR", "FRESH", "DEMO_HISTORY_DAYS")}
+    env["DEMO_API_KEY"] = DEMO_KEY
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chalicelib.local.stack", "--port", "0"],
+        [sys.executable, "-m", "chalicelib.local.stack", "--port", "0", *extra_args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -479,6 +480,7 @@ def local_stack() -> Iterator[tuple[str, int]]:
     assert stdout is not None
     tail: deque[str] = deque(maxlen=100)
     address: list[str] = []
+    aws: list[str] = []
     ready = threading.Event()
 
     def read() -> None:  # keep reading, or a full pipe would block the server
@@ -486,6 +488,8 @@ def local_stack() -> Iterator[tuple[str, int]]:
             tail.append(line)
             if line.startswith("usage-metering local stack: "):
                 address.append(line.split(": ", 1)[1].strip())
+            if line.strip().startswith("aws endpoint: "):
+                aws.append(line.split()[2])
             if line.strip().startswith("ready"):
                 ready.set()
         ready.set()
@@ -496,7 +500,7 @@ def local_stack() -> Iterator[tuple[str, int]]:
         if not ready.wait(120) or not address or proc.poll() is not None:
             raise RuntimeError("the local stack did not start:\n" + "".join(tail))
         url = urlsplit(address[0])
-        yield url.hostname or "127.0.0.1", url.port or 80
+        yield StackInfo(url.hostname or "127.0.0.1", url.port or 80, proc.pid, aws[0] if aws else "")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -506,6 +510,23 @@ def local_stack() -> Iterator[tuple[str, int]]:
                 proc.kill()
                 proc.wait()
         reader.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A running local stack: where it listens, its process, its AWS endpoint."""
+
+    host: str
+    port: int
+    pid: int
+    aws_url: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __iter__(self) -> Iterator[Any]:  # `host, port = stack`
+        return iter((self.host, self.port))
 
 
 @dataclass(frozen=True)
@@ -556,12 +577,13 @@ def post_concurrently(
     bodies: Sequence[bytes],
     judge: Callable[[int, bytes], Answer | None],
     budget_s: float = math.inf,
+    key: str = DEMO_KEY,
 ) -> HttpRun:
     """POST the bodies from CLIENT_THREADS threads, each over one keep-alive connection.
 
     A thread sends no new request once budget_s has passed (requests in flight finish).
     """
-    headers = {"Authorization": f"Bearer {DEMO_KEY}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     barrier = threading.Barrier(CLIENT_THREADS + 1)
     latencies: list[float] = []
     answers: list[Answer] = []
