@@ -3,7 +3,9 @@
 Real DynamoDB applies each write, condition check and transaction atomically;
 moto's in-process backend does not lock, so two threads can both pass a
 condition. The emulator serializes every DynamoDB request to restore that
-guarantee (it costs nothing real: moto holds the GIL anyway).
+guarantee (it costs nothing real: moto holds the GIL anyway). It also installs
+`moto_fixes`, which keep a request's cost independent of the table's size and
+numbers exact.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from contextlib import AbstractContextManager
 from typing import Any
 
 from chalicelib.config import Settings, get_settings, reset_settings
@@ -27,8 +30,17 @@ _DDB_LOCK = threading.RLock()
 _patched = False
 
 
-def _serialize_dynamodb() -> None:
+def dynamodb_lock() -> AbstractContextManager[Any]:
+    """The lock every emulated DynamoDB request holds; hold it to read moto's tables consistently."""
+    return _DDB_LOCK
+
+
+def _patch_moto() -> None:
+    """Serialize DynamoDB requests (once per process) and put the moto fixes in place (at every start)."""
     global _patched
+    from chalicelib.local import moto_fixes
+
+    moto_fixes.install()
     if _patched:
         return
     from moto.dynamodb.responses import DynamoHandler
@@ -58,7 +70,7 @@ class Emulator:
             self._saved_env[name] = os.environ.get(name)
             os.environ[name] = value
         os.environ.pop("AWS_PROFILE", None)
-        _serialize_dynamodb()
+        _patch_moto()
         self._mock = mock_aws()
         self._mock.start()
         reset_settings()
