@@ -22,6 +22,7 @@ was wrong (tests/integration/test_emulator.py).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import dataclasses
@@ -483,9 +484,8 @@ def _tracking_update(original: Callable[..., Item]) -> Callable[..., Item]:
         except ConditionalCheckFailed:
             raise  # checked before anything changes
         except BaseException:
-            table = self.tables.get(table_name)
-            if table is not None:
-                _buckets.pop(table, None)
+            with contextlib.suppress(Exception):
+                _buckets.pop(self.get_table(table_name), None)
             raise
         _track(self.get_table(table_name), item)
         return item

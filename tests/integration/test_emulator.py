@@ -216,6 +216,23 @@ def test_two_actions_on_one_item_are_refused_and_nothing_is_written(table: str) 
     assert sorted(everything(table), key=str) == sorted(before, key=str)
 
 
+def test_an_invalid_action_in_the_middle_refuses_the_transaction_and_writes_nothing(table: str) -> None:
+    seed_rollups(table)
+    put(table, "R#L1", "D#text", quantity="not a number")
+    before = everything(table)
+    with pytest.raises(ClientError) as error:
+        ddb().transact_write_items(
+            TransactItems=[
+                add(table, "R#L1", "D#2026-05-01#runs", "1"),
+                put_new(table, "APPLIED#B6", "0000"),
+                add(table, "R#L1", "D#text", "1"),  # ADD of a number to a string
+                {"Delete": {"TableName": table, "Key": key("R#L1", "D#2026-05-03#runs")}},
+            ]
+        )
+    assert error.value.response["Error"]["Code"] == "ValidationException"
+    assert sorted(everything(table), key=str) == sorted(before, key=str)
+
+
 def fill_directly(table: str, count: int) -> None:
     """Put `count` rollup items straight into the emulator's table (what PutItem stores, without HTTP)."""
     from moto.core.models import DEFAULT_ACCOUNT_ID
@@ -430,6 +447,22 @@ def test_the_index_follows_puts_updates_and_deletes(table: str) -> None:
     ddb().update_item(TableName=table, Key=key("R#L1", "H#2"), UpdateExpression="REMOVE gsi1pk")
     assert index_query(table, "A") == [("R#L1", "H#4")]
     assert index_query(table, "B") == [("R#L1", "H#1")]
+
+
+def test_the_index_follows_an_update_that_failed(table: str) -> None:
+    put(table, "R#L1", "H#1", gsi1pk="A", gsi1sk="1", text="words")
+    assert index_query(table, "A") == [("R#L1", "H#1")]
+    with pytest.raises(ClientError):
+        ddb().update_item(
+            TableName=table,
+            Key=key("R#L1", "H#1"),
+            UpdateExpression="SET gsi1pk = :b ADD #t :one",
+            ExpressionAttributeNames={"#t": "text"},
+            ExpressionAttributeValues={":b": {"S": "B"}, ":one": {"N": "1"}},
+        )
+    where = (get(table, "R#L1", "H#1") or {})["gsi1pk"]["S"]  # whatever moto left stored
+    assert index_query(table, where) == [("R#L1", "H#1")]
+    assert index_query(table, "B" if where == "A" else "A") == []
 
 
 def test_queries_keep_no_copy_of_what_they_answered(table: str) -> None:
