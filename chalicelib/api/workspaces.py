@@ -42,7 +42,7 @@ def list_workspaces(call: Call) -> Reply:
     return Reply({"data": [_public(w) for w in found], "meta": {"cursor": None, "has_more": False}})
 
 
-@endpoint(bp, "/v1/entitlements/agent-credits", scope=METERING_WRITE, responses={200: AgentCreditsEnvelope, 429: None})
+@endpoint(bp, "/v1/entitlements/agent-credits", scope=METERING_WRITE, responses={200: AgentCreditsEnvelope})
 def agent_credits(call: Call) -> Reply:
     """Whether this month's agent credits allow another run (1 credit = 1 agent run); 429 when they do not."""
     now = call.container.clock()

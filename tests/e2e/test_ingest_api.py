@@ -358,7 +358,7 @@ def test_invalid_field_is_400_naming_it(client: Any, container: Container, clock
         ({"period_date": "2026-13-01"}, "period_date"),
         ({"period_date": "2026-02-29"}, "period_date"),
         ({"period_date": "10/05/2026"}, "period_date"),
-        ({"period_date": "2026-03-08"}, "period_date"),
+        ({"period_date": "2025-05-08"}, "period_date"),  # 367 days back: past the 366-day late window
         ({"period_date": "2026-05-12"}, "period_date"),
         ({"period_date": 20260510}, "period_date"),
         ({"source": "Upper Case"}, "source"),

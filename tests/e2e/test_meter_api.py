@@ -457,7 +457,7 @@ def test_future_or_malformed_timestamp_is_refused(client: Any, clock: Clock) -> 
 
 
 def test_timestamp_without_zone_or_too_old_is_refused(client: Any, clock: Clock) -> None:
-    for timestamp in ("2026-05-10T12:00:00", "yesterday", "1715342400", "2026-02-01T00:00:00Z", 1715342400):
+    for timestamp in ("2026-05-10T12:00:00", "yesterday", "1715342400", "2025-05-01T00:00:00Z", 1715342400):
         meter_error(report(client, usage_body(timestamp=timestamp), "bad-ts"), 400, "VALIDATION_ERROR")
     assert listed(client) == []
 

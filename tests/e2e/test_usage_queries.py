@@ -165,8 +165,8 @@ class Ingested:
 def mixed(client: Any, container: Container, clock: Clock) -> list[Ingested]:
     """One event per (line, meter, day) over three lines in two workspaces, plus another org's events."""
     add_second_workspace(container)
-    rows = [
-        (line, meter, day, Decimal(f"{n + 1}.5"))
+    rows = [  # exact halves, but whole runs (a fractional agent.runs is refused)
+        (line, meter, day, Decimal(f"{n + 1}") if meter == "agent.runs" else Decimal(f"{n + 1}.5"))
         for n, ((line, meter), day) in enumerate((s, d) for s in MIXED_SERIES for d in DAYS)
     ]
     ids = ingest(client, [ev(line, meter, str(q), day) for line, meter, day, q in rows])
@@ -659,7 +659,7 @@ def test_summary_quantities_are_exact_decimals(client: Any, container: Container
             ev(TALENT, "talent.hours", "0.1", "2026-05-02"),
             ev(TALENT, "talent.hours", "0.2", "2026-05-03"),
             ev(TALENT, "talent.hours", "0.100000001", "2026-05-03"),
-            *[ev(AGENT, "agent.runs", "0.1", "2026-05-04") for _ in range(10)],
+            *[ev(AGENT, "agent.run_seconds", "0.1", "2026-05-04") for _ in range(10)],
             ev(AGENT, "agent.tokens", "999999999999.999999999", "2026-05-04"),
             ev(AGENT, "agent.tokens", "0.000000001", "2026-05-04"),
         ],
@@ -667,13 +667,13 @@ def test_summary_quantities_are_exact_decimals(client: Any, container: Container
     run_aggregator(client, container)
     data = summary(client, {"from": "2026-05-01", "to": "2026-05-31"})
     assert meters_of(line_of(data, TALENT)) == {"talent.hours": Decimal("0.400000001")}
-    assert meters_of(line_of(data, AGENT)) == {"agent.runs": Decimal(1), "agent.tokens": Decimal(10) ** 12}
+    assert meters_of(line_of(data, AGENT)) == {"agent.run_seconds": Decimal(1), "agent.tokens": Decimal(10) ** 12}
     # 0.400000001 x 95 = 38.000000095
     assert line_of(data, TALENT)["cost_estimate"] == Decimal("38.00")
-    # 1 x 0.40 + 10^12 x 0.0005 = 500000000.40
-    assert line_of(data, AGENT)["cost_estimate"] == Decimal("500000000.40")
-    # 38.000000095 + 500000000.40 = 500000038.400000095
-    assert data["total_cost_estimate"] == Decimal("500000038.40")
+    # 1 x 0.002 + 10^12 x 0.0005 = 500000000.002
+    assert line_of(data, AGENT)["cost_estimate"] == Decimal("500000000.00")
+    # 38.000000095 + 500000000.002 = 500000038.002000095
+    assert data["total_cost_estimate"] == Decimal("500000038.00")
 
 
 @pytest.mark.parametrize("literal", ["0.0000001", "2.5E-7", "1E+2"])
