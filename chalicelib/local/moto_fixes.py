@@ -35,7 +35,7 @@ from typing import Any, cast
 
 from moto.core.responses import ActionResult
 from moto.core.serialize import JSONSerializer
-from moto.dynamodb.comparisons import get_filter_expression
+from moto.dynamodb.comparisons import get_comparison_func, get_filter_expression
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
     MockValidationException,
@@ -506,10 +506,12 @@ def _in_range(ordered: list[Item], key_range: tuple[str, str, list[DynamoType]] 
     if key_range is None:
         return ordered
     name, comparison, values = key_range
+    matches = get_comparison_func(comparison)  # what DynamoType.compare applies, with the bounds cast once
+    bounds = [bound.cast_value for bound in values]
     inside = [
         index
         for index, item in enumerate(ordered)
-        if (value := item.attrs.get(name)) is not None and value.compare(comparison, values)
+        if (value := item.attrs.get(name)) is not None and matches(_cast(value), *bounds)
     ]
     if not inside:
         return []
