@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from chalicelib import jsonutil
 from chalicelib.container import Container
+from chalicelib.domain.usage import WHOLE_METERS
 from tests.conftest import FULL_KEY, auth
 from tests.support import run_aggregator
 
@@ -108,6 +109,8 @@ def test_hour_day_and_none_windows_count_the_same_on_time_usage(client: Any, con
     def check(new_events: list[tuple[int, int, Decimal]], bounds: tuple[int, int], other: tuple[int, int]) -> None:
         for which, offset, quantity in new_events:
             line, meter, uuid = LINE_METERS[which]
+            if meter in WHOLE_METERS:  # runs are whole
+                quantity = quantity.to_integral_value()
             moment = BASE + timedelta(seconds=offset)
             container.clock = lambda moment=moment: moment  # type: ignore[misc]
             event = {"service_line_id": line, "meter": meter, "quantity": quantity}  # no period_date: on time
