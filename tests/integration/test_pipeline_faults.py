@@ -26,7 +26,7 @@ from chalicelib.domain.ids import batch_id as new_batch_id
 from chalicelib.domain.ids import usage_event_id
 from chalicelib.domain.models import UsageEvent, instant
 from chalicelib.domain.pipeline import BatchMessage, ReconcileMessage
-from chalicelib.domain.usage import UsageDraft
+from chalicelib.domain.usage import WHOLE_METERS, UsageDraft
 from chalicelib.local.runtime import make_context, scheduled_event, sqs_event
 from chalicelib.services import reconcile, sweep
 from chalicelib.services.ingest import IngestOutcome, ingest
@@ -128,7 +128,9 @@ def draft(
     return UsageDraft(
         service_line_id=line,
         meter=meter,
-        quantity=Decimal(quantity),
+        quantity=Decimal(quantity).to_integral_value()
+        if meter in WHOLE_METERS
+        else Decimal(quantity),  # runs are whole
         period_date=period_date,
         event_time=event_time,
         source="test",

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from chalicelib.container import Container
 from chalicelib.domain.models import Meter, ServiceLine
 from chalicelib.domain.pipeline import BatchMessage
-from chalicelib.domain.usage import UsageDraft
+from chalicelib.domain.usage import WHOLE_METERS, UsageDraft
 from chalicelib.services import sweep
 from chalicelib.services.ingest import ingest
 from chalicelib.storage import clients
@@ -157,10 +157,12 @@ def random_draft(rng: random.Random, org: str, key: str | None) -> UsageDraft:
     )
     if rng.random() < 0.03:
         at = None  # the event time is the time of ingestion, whatever the period date
+    meter = rng.choice(LINE_METERS[line])
+    quantity = random_quantity(rng)
     return UsageDraft(
         service_line_id=line,
-        meter=rng.choice(LINE_METERS[line]),
-        quantity=random_quantity(rng),
+        meter=meter,
+        quantity=quantity.to_integral_value() if meter in WHOLE_METERS else quantity,  # runs are whole
         period_date=period,
         event_time=at,
         source="soak",
