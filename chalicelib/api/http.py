@@ -29,7 +29,14 @@ from chalicelib.api.schemas import ErrorPublic
 from chalicelib.container import Container, get_container
 from chalicelib.domain.auth import hash_key
 from chalicelib.domain.models import Principal
+from chalicelib.domain.usage import MAX_IDEMPOTENCY_KEY, check_idempotency_key
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_HEADER_DOC = {
+    IDEMPOTENCY_HEADER: "Makes the request safe to retry: the same key and request answer what the first did "
+    "(200), the same key with another request is 409 idempotency_conflict."
+}
 
 log = logging.getLogger("usage-metering.http")
 M = TypeVar("M", bound=BaseModel)
@@ -109,6 +116,16 @@ class Call:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def idempotency_header(self, max_length: int = MAX_IDEMPOTENCY_KEY) -> str | None:
+        """The `Idempotency-Key` header, validated; None when it is not sent."""
+        value = self.header(IDEMPOTENCY_HEADER)
+        if value is None:
+            return None
+        key = check_idempotency_key(value, IDEMPOTENCY_HEADER)
+        if len(key) > max_length:
+            raise validation_error(IDEMPOTENCY_HEADER, f"must be at most {max_length} characters here")
+        return key
 
     def json(self) -> Any:
         """The body as JSON (numbers exact); a clear 400 or 413 when it is not."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chalice.app import Blueprint
 
-from chalicelib.api.http import Call, Reply, endpoint
+from chalicelib.api.http import IDEMPOTENCY_HEADER_DOC, Call, Reply, endpoint
 from chalicelib.api.schemas import (
     ServiceLineCreate,
     ServiceLineEnvelope,
@@ -31,12 +31,13 @@ def _public(call: Call, line: ServiceLine) -> dict[str, object]:
     scope=SERVICE_LINES_WRITE,
     max_body_bytes=16384,
     body=ServiceLineCreate,
-    responses={201: ServiceLineEnvelope},
+    responses={201: ServiceLineEnvelope, 200: ServiceLineEnvelope},
+    headers=IDEMPOTENCY_HEADER_DOC,
 )
 def create_service_line(call: Call) -> Reply:
     """Create a service line; 403 plan_limit_exceeded outside the plan's product lines or active-line limit."""
     body = call.body_as(ServiceLineCreate)
-    line = service_lines.create_line(
+    line, replay = service_lines.create_line_once(
         call.container.catalog,
         call.organization_id,
         body.workspace_id,
@@ -46,8 +47,9 @@ def create_service_line(call: Call) -> Reply:
         body.currency,
         call.container.clock(),
         execution_model=body.execution_model,
+        idempotency_key=call.idempotency_header(),
     )
-    return Reply({"data": _public(call, line)}, 201)
+    return Reply({"data": _public(call, line)}, 200 if replay else 201)
 
 
 @endpoint(bp, "/v1/service-lines", scope=CATALOG_READ, query=ServiceLinesQuery, responses={200: ServiceLineListPublic})

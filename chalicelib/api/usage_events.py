@@ -14,7 +14,7 @@ from typing import Any
 from chalice.app import Blueprint
 
 from chalicelib import observability
-from chalicelib.api.http import Call, Reply, endpoint, parse_model
+from chalicelib.api.http import IDEMPOTENCY_HEADER, Call, Reply, endpoint, parse_model
 from chalicelib.api.schemas import (
     BatchResultPublic,
     UsageEventBatchCreate,
@@ -31,7 +31,7 @@ bp = Blueprint(__name__)
 
 SINGLE_BODY_LIMIT = 16 * 1024
 BATCH_BODY_LIMIT = 1024 * 1024
-KEY_HEADER = "Idempotency-Key"
+KEY_HEADER = IDEMPOTENCY_HEADER
 # A batch's header leaves room for ":<index>" (at most ":99") within the key limit.
 MAX_BATCH_KEY_HEADER = usage.MAX_IDEMPOTENCY_KEY - len(f":{usage.MAX_BATCH_EVENTS - 1}")
 _SINGLE_KEY_HEADER = {
@@ -42,17 +42,6 @@ _BATCH_KEY_HEADER = {
     KEY_HEADER: f"A key for the whole request (1-{MAX_BATCH_KEY_HEADER} printable ASCII): each event without "
     "its own idempotency_key gets '<header>:<index>', its position in events."
 }
-
-
-def header_key(call: Call, max_length: int = usage.MAX_IDEMPOTENCY_KEY) -> str | None:
-    """The `Idempotency-Key` header, validated; None when it is not sent."""
-    value = call.header(KEY_HEADER)
-    if value is None:
-        return None
-    key = usage.check_idempotency_key(value, KEY_HEADER)
-    if len(key) > max_length:
-        raise validation_error(KEY_HEADER, f"must be at most {max_length} characters on a batch")
-    return key
 
 
 def draft_from_body(
@@ -116,7 +105,7 @@ def _run(call: Call, items: list[usage.UsageDraft | MeteringError], now: datetim
 def ingest_event(call: Call) -> Reply:
     """Ingest one usage event; a replay of its idempotency key returns the original record."""
     now = call.container.clock()
-    header = header_key(call)
+    header = call.idempotency_header()
     draft = draft_from_body(call.json(), now, header=header, days_back=call.container.settings.period_days_back)
     (outcome,) = _run(call, [draft], now)
     observability.count_outcomes([outcome.status])
@@ -142,7 +131,7 @@ def ingest_event(call: Call) -> Reply:
 def ingest_batch(call: Call) -> Reply:
     """Ingest up to 100 events; one result per item, in order (a bad item does not sink the others)."""
     now = call.container.clock()
-    header = header_key(call, MAX_BATCH_KEY_HEADER)
+    header = call.idempotency_header(MAX_BATCH_KEY_HEADER)
     body = call.body_as(UsageEventBatchCreate)
     items: list[usage.UsageDraft | MeteringError] = []
     for index, data in enumerate(body.events):

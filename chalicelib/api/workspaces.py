@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chalice.app import Blueprint
 
-from chalicelib.api.http import Call, Reply, endpoint
+from chalicelib.api.http import IDEMPOTENCY_HEADER_DOC, Call, Reply, endpoint
 from chalicelib.api.schemas import AgentCreditsEnvelope, WorkspaceCreate, WorkspaceEnvelope, WorkspaceListPublic
 from chalicelib.domain.auth import CATALOG_READ, METERING_WRITE, WORKSPACES_WRITE
 from chalicelib.domain.models import Workspace
@@ -24,15 +24,16 @@ def _public(workspace: Workspace) -> dict[str, str]:
     scope=WORKSPACES_WRITE,
     max_body_bytes=4096,
     body=WorkspaceCreate,
-    responses={201: WorkspaceEnvelope},
+    responses={201: WorkspaceEnvelope, 200: WorkspaceEnvelope},
+    headers=IDEMPOTENCY_HEADER_DOC,
 )
 def create_workspace(call: Call) -> Reply:
     """Create a workspace; 403 plan_limit_exceeded past the plan's workspace limit."""
     body = call.body_as(WorkspaceCreate)
-    created = workspaces.create_workspace(
-        call.container.catalog, call.organization_id, body.name, call.container.clock()
+    created, replay = workspaces.create_workspace(
+        call.container.catalog, call.organization_id, body.name, call.container.clock(), call.idempotency_header()
     )
-    return Reply({"data": _public(created)}, 201)
+    return Reply({"data": _public(created)}, 200 if replay else 201)
 
 
 @endpoint(bp, "/v1/workspaces", scope=CATALOG_READ, responses={200: WorkspaceListPublic})

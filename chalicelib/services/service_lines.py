@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import datetime
 from decimal import Decimal
 
 from chalicelib.domain.models import Plan, ServiceLine
-from chalicelib.domain.usage import decimal_places
+from chalicelib.domain.usage import canonical_json, decimal_places
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository
+from chalicelib.storage.catalog_repo import DynamoCatalogRepository, Idempotency
 
 MAX_RATE = Decimal(10) ** 9
 
@@ -38,7 +39,7 @@ def _limit_error(plan: Plan) -> MeteringError:
     )
 
 
-def create_line(
+def create_line_once(
     catalog: DynamoCatalogRepository,
     organization_id: str,
     workspace_id: str,
@@ -48,8 +49,26 @@ def create_line(
     currency: str,
     now: datetime,
     execution_model: str = "on_demand",
-) -> ServiceLine:
-    """Create an active service line if the plan allows its product line, its execution model and one more line."""
+    idempotency_key: str | None = None,
+) -> tuple[ServiceLine, bool]:
+    """Create an active service line if the plan allows its product line, its execution model and one more line.
+
+    With an idempotency key, a retry of the same request returns the line it created (True: a replay); the
+    same key with another request is 409 idempotency_conflict. The key is looked up only when the create fails.
+    """
+    payload = {
+        "workspace_id": workspace_id,
+        "name": name,
+        "product_line": product_line,
+        "rates": rates,
+        "currency": currency,
+        "execution_model": execution_model,
+    }
+    idempotency = (
+        Idempotency(idempotency_key, hashlib.sha256(canonical_json(payload).encode()).hexdigest())
+        if idempotency_key is not None
+        else None
+    )
     if workspace_id not in {w.id for w in catalog.list_workspaces(organization_id)}:
         raise MeteringError(
             ErrorCode.NOT_FOUND, f"No workspace '{workspace_id}' belongs to this organization.", field="workspace_id"
@@ -100,12 +119,48 @@ def create_line(
             rates=rates,
             created_at=now,
         )
-        outcome = catalog.create_service_line(line, plan.limits.active_service_lines)
+        outcome = catalog.create_service_line(line, plan.limits.active_service_lines, idempotency)
         if outcome is None:
-            return line
+            return line, False
+        if outcome == "replay" and idempotency is not None:
+            return get_line(
+                catalog, organization_id, replayed_id(catalog, organization_id, "service_line", idempotency)
+            ), True
         if outcome == "limit":
             raise _limit_error(plan)
     raise MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Could not allocate a service line id; retry.")
+
+
+def create_line(
+    catalog: DynamoCatalogRepository,
+    organization_id: str,
+    workspace_id: str,
+    name: str,
+    product_line: str,
+    rates: dict[str, Decimal],
+    currency: str,
+    now: datetime,
+    execution_model: str = "on_demand",
+) -> ServiceLine:
+    """Create an active service line (no idempotency key); see create_line_once."""
+    line, _ = create_line_once(
+        catalog, organization_id, workspace_id, name, product_line, rates, currency, now, execution_model
+    )
+    return line
+
+
+def replayed_id(catalog: DynamoCatalogRepository, organization_id: str, kind: str, idempotency: Idempotency) -> str:
+    """The id a creation key made before; 409 when the key was used for another request."""
+    first = catalog.get_creation_key(organization_id, kind, idempotency.key)
+    if first is None:  # the key's record and what it names are written together: it cannot be missing
+        raise MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "The idempotency key could not be read; retry.")
+    if first.payload_hash != idempotency.payload_hash:
+        raise MeteringError(
+            ErrorCode.IDEMPOTENCY_CONFLICT,
+            "This Idempotency-Key was used with a different request.",
+            field="Idempotency-Key",
+        )
+    return first.target_id
 
 
 def set_status(catalog: DynamoCatalogRepository, organization_id: str, line_id: str, status: str) -> ServiceLine:

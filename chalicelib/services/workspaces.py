@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import datetime
 
 from chalicelib.domain.models import Workspace
+from chalicelib.domain.usage import canonical_json
 from chalicelib.errors import ErrorCode, MeteringError
-from chalicelib.services.service_lines import plan_of
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository
+from chalicelib.services.service_lines import plan_of, replayed_id
+from chalicelib.storage.catalog_repo import DynamoCatalogRepository, Idempotency
 
 ID_DRAWS = 5
 
@@ -17,17 +19,30 @@ def list_workspaces(catalog: DynamoCatalogRepository, organization_id: str) -> l
     return catalog.list_workspaces(organization_id)
 
 
-def create_workspace(catalog: DynamoCatalogRepository, organization_id: str, name: str, now: datetime) -> Workspace:
-    """Create a workspace if the plan allows one more; its WS-yy-NNNNNN id is globally unique."""
+def create_workspace(
+    catalog: DynamoCatalogRepository, organization_id: str, name: str, now: datetime, idempotency_key: str | None = None
+) -> tuple[Workspace, bool]:
+    """Create a workspace if the plan allows one more; its WS-yy-NNNNNN id is globally unique.
+
+    With an idempotency key, a retry returns the workspace it created (True: a replay); see create_line.
+    """
+    idempotency = (
+        Idempotency(idempotency_key, hashlib.sha256(canonical_json({"name": name}).encode()).hexdigest())
+        if idempotency_key is not None
+        else None
+    )
     plan = plan_of(catalog, organization_id)
     limit = plan.limits.workspaces
     for _ in range(ID_DRAWS):
         workspace = Workspace(
             id=f"WS-{now:%y}-{secrets.randbelow(900000) + 100000}", organization_id=organization_id, name=name
         )
-        outcome = catalog.create_workspace(workspace, limit)
+        outcome = catalog.create_workspace(workspace, limit, idempotency)
         if outcome is None:
-            return workspace
+            return workspace, False
+        if outcome == "replay" and idempotency is not None:
+            made = replayed_id(catalog, organization_id, "workspace", idempotency)
+            return next(w for w in catalog.list_workspaces(organization_id) if w.id == made), True
         if outcome == "limit":
             raise MeteringError(
                 ErrorCode.PLAN_LIMIT_EXCEEDED,

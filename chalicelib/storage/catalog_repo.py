@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -31,6 +32,7 @@ from chalicelib.storage.keys import (
     api_calls_sk,
     api_key_pk,
     api_key_ref_pk,
+    creation_key_sk,
     id_guard_pk,
     job_pk,
     line_sk,
@@ -44,6 +46,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A creation's idempotency key and its payload's fingerprint (and, once stored, the id it created)."""
+
+    key: str
+    payload_hash: str
+    target_id: str = ""
 
 
 class IdTakenError(Exception):
@@ -292,45 +303,75 @@ class DynamoCatalogRepository:
         values: dict[str, Any],
         limit: int | None,
         counter: str,
+        idempotency: Idempotency | None = None,
     ) -> str | None:
-        """Store a new item of an organization, its id's guard and its count against a limit, atomically.
+        """Store a new item of an organization, its id's guard, its count against a limit and, with a key,
+        the key's record, atomically.
 
-        Returns None when stored, "limit" when the limit is reached, "exists" when the id is taken
-        (by this organization or any other).
+        Returns None when stored, "replay" when the key was used before (nothing written), "limit" when the
+        limit is reached, "exists" when the id is taken (by this organization or any other).
         """
         item = to_item({"pk": org_pk(organization_id), "sk": sk, "kind": kind, **values})
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {"Update": self._counter_update(organization_id, 1, limit, counter)},  # type: ignore[typeddict-item]
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": item,
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    self._guard(generated_id, organization_id, kind, new=True),  # type: ignore[list-item]
-                ]
+        actions: list[dict[str, Any]] = [
+            {"Update": self._counter_update(organization_id, 1, limit, counter)},
+            {"Put": {"TableName": self.table_name, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}},
+            self._guard(generated_id, organization_id, kind, new=True),
+        ]
+        if idempotency is not None:
+            record = {
+                "pk": org_pk(organization_id),
+                "sk": creation_key_sk(kind, idempotency.key),
+                "kind": "creation_key",
+                "target_id": generated_id,
+                "payload_hash": idempotency.payload_hash,
+            }
+            actions.append(
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": to_item(record),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
             )
+        try:
+            self.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
             return None
         except ClientError as err:
             reasons = err.response.get("CancellationReasons", [])  # type: ignore[typeddict-item]
             if err.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
             failed = [i for i, reason in enumerate(reasons) if reason.get("Code") == "ConditionalCheckFailed"]
+            if 3 in failed:
+                return "replay"
             if 1 in failed or 2 in failed:
                 return "exists"
             if 0 in failed:
                 return "limit"
             raise
 
-    def create_service_line(self, line: ServiceLine, active_limit: int | None) -> str | None:
+    def get_creation_key(self, organization_id: str, kind: str, key: str) -> Idempotency | None:
+        """What a creation's idempotency key was first used for: the id it created and the payload's hash."""
+        item = self._get(org_pk(organization_id), creation_key_sk(kind, key))
+        if item is None:
+            return None
+        return Idempotency(key, str(item["payload_hash"]), str(item["target_id"]))
+
+    def create_service_line(
+        self, line: ServiceLine, active_limit: int | None, idempotency: Idempotency | None = None
+    ) -> str | None:
         """A new active line under the plan's active-line limit (see _create_counted for the outcomes)."""
         values = line.model_dump(mode="python")
         values["created_at"] = line.created_at.isoformat()
         return self._create_counted(
-            line.organization_id, line.id, line_sk(line.id), "service_line", values, active_limit, ACTIVE_LINES_SK
+            line.organization_id,
+            line.id,
+            line_sk(line.id),
+            "service_line",
+            values,
+            active_limit,
+            ACTIVE_LINES_SK,
+            idempotency,
         )
 
     def set_service_line_status(
@@ -365,10 +406,17 @@ class DynamoCatalogRepository:
                 return "limit"
             raise
 
-    def create_workspace(self, ws: Workspace, limit: int | None) -> str | None:
+    def create_workspace(self, ws: Workspace, limit: int | None, idempotency: Idempotency | None = None) -> str | None:
         """A new workspace under the plan's workspace limit (see _create_counted for the outcomes)."""
         return self._create_counted(
-            ws.organization_id, ws.id, workspace_sk(ws.id), "workspace", ws.model_dump(), limit, WORKSPACES_SK
+            ws.organization_id,
+            ws.id,
+            workspace_sk(ws.id),
+            "workspace",
+            ws.model_dump(),
+            limit,
+            WORKSPACES_SK,
+            idempotency,
         )
 
     def recount_workspaces(self, organization_id: str) -> int:

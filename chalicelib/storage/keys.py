@@ -108,6 +108,11 @@ def line_sk(line_id: str) -> str:
     return f"LIN#{line_id}"
 
 
+def creation_key_sk(kind: str, key: str) -> str:
+    """The record of an idempotency key used to create a workspace or a service line."""
+    return f"IDEM#{kind}#{key}"
+
+
 def workspace_sk(workspace_id: str) -> str:
     return f"WS#{workspace_id}"
 

@@ -151,3 +151,44 @@ def test_a_plan_without_agent_credits_refuses_and_uncapped_plans_allow(
         container.catalog.clear_cache()
         answer = body(credits(client, key))["data"]
         assert answer["limit"] == cap and answer["remaining"] is None and answer["allowed"] is True
+
+
+def test_a_retried_create_with_its_idempotency_key_makes_one_workspace_and_one_line(
+    client: Any, container: Container, clock: Clock
+) -> None:
+    def workspace(name: str, key: str) -> Any:
+        headers = {**auth(FULL_KEY), "Idempotency-Key": key}
+        return client.http.post("/v1/workspaces", headers=headers, body=json.dumps({"name": name}))
+
+    first = workspace("Data", "ws-create-1")
+    assert first.status_code == 201, first.body
+    again = workspace("Data", "ws-create-1")
+    assert again.status_code == 200 and body(again) == body(first)
+    conflict = workspace("Other name", "ws-create-1")
+    assert conflict.status_code == 409 and body(conflict)["error"]["code"] == "idempotency_conflict"
+    named = [w for w in container.catalog.list_workspaces("ORG-26-090500") if w.name == "Data"]
+    assert len(named) == 1
+
+    line = {
+        "workspace_id": body(first)["data"]["id"],
+        "name": "L",
+        "product_line": "talent",
+        "rates": {"talent.hours": 90},
+    }
+
+    def create_line(payload: dict[str, Any], key: str) -> Any:
+        headers = {**auth(FULL_KEY), "Idempotency-Key": key}
+        return client.http.post("/v1/service-lines", headers=headers, body=json.dumps(payload))
+
+    made = create_line(line, "line-create-1")
+    assert made.status_code == 201, made.body
+    before = len(container.catalog.list_service_lines("ORG-26-090500"))
+    retry = create_line(line, "line-create-1")
+    assert retry.status_code == 200 and body(retry) == body(made)
+    assert create_line({**line, "name": "M"}, "line-create-1").status_code == 409
+    assert len(container.catalog.list_service_lines("ORG-26-090500")) == before
+    assert create_line(line, "line-create-2").status_code == 201  # another key: another line
+    bad = client.http.post(
+        "/v1/service-lines", headers={**auth(FULL_KEY), "Idempotency-Key": "has space"}, body=json.dumps(line)
+    )
+    assert bad.status_code == 400 and body(bad)["error"]["field"] == "Idempotency-Key"
