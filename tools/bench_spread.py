@@ -28,6 +28,7 @@ from typing import Any
 import boto3
 import simplejson
 
+from chalicelib.config import DEFAULT_PERIOD_DAYS_BACK
 from chalicelib.local import workload
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 from chalicelib.storage.schema import TABLES, resource_name
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.UTC)
     scale = workload.scale_for(args.events, days=args.days, now=now)
     work = workload.generate(days=args.days, now=now, scale=scale, flush_every=dt.timedelta(days=1))
-    expected = workload.expected(work, sent_at=now)
+    expected = workload.expected(work, sent_at=now, days_back=DEFAULT_PERIOD_DAYS_BACK)  # the stack's window
     log(f"spread: {sum(len(b.events) for b in work.batches):,} events in {len(work.batches):,} batches")
     with tempfile.TemporaryDirectory() as data_dir, local_stack(["--data-dir", data_dir, "--fresh"]) as stack:
         install_lines(stack.aws_url, work, work.start)

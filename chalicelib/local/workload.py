@@ -677,7 +677,7 @@ def _payload(event: GeneratedEvent) -> tuple[Any, ...]:
     )
 
 
-def expected(workload: Workload, sent_at: datetime | None = None) -> Expected:
+def expected(workload: Workload, sent_at: datetime | None = None, days_back: int = PERIOD_DAYS_BACK) -> Expected:
     """Replay the stream by the service's rules: the exact totals and counts it must produce.
 
     In the order ingest applies them: a period_date outside the window around the send time is refused;
@@ -697,7 +697,7 @@ def expected(workload: Workload, sent_at: datetime | None = None) -> Expected:
             pause = pauses.pop(0)
             paused.add((pause.organization_id, pause.service_line_id))
         when = sent_at or batch.sent_at
-        earliest = when.date() - timedelta(days=PERIOD_DAYS_BACK)
+        earliest = when.date() - timedelta(days=days_back)
         latest = when.date() + timedelta(days=PERIOD_DAYS_FORWARD)
         for event in batch.events:
             if not earliest <= event.period_date <= latest:
@@ -783,6 +783,8 @@ def load(container: Container, workload: Workload, install: bool = True) -> Load
     from chalicelib.services import service_lines
     from chalicelib.services.ingest import ingest
 
+    days_back = container.settings.period_days_back
+
     started = time.perf_counter()
     if install:
         install_catalog(container.catalog, workload.organizations, workload.start - timedelta(days=1))
@@ -795,7 +797,9 @@ def load(container: Container, workload: Workload, install: bool = True) -> Load
         items: list[UsageDraft | MeteringError] = []
         for index, event in enumerate(batch.events):
             try:
-                items.append(draft_from_body(event.body(), batch.sent_at, prefix=f"events[{index}]"))
+                items.append(
+                    draft_from_body(event.body(), batch.sent_at, prefix=f"events[{index}]", days_back=days_back)
+                )
             except MeteringError as error:
                 items.append(error)
         outcomes = ingest(
@@ -812,7 +816,7 @@ def load(container: Container, workload: Workload, install: bool = True) -> Load
         refused=counts["refused"],
         seconds=time.perf_counter() - started,
         workload=workload,
-        expected=expected(workload),
+        expected=expected(workload, days_back=days_back),
     )
 
 
