@@ -808,6 +808,14 @@ def import_file(
 # -- export -----------------------------------------------------------------------------
 
 
+def export_cell(column: str, event: dict[str, Any]) -> Any:
+    """One CSV cell of an exported event: metadata as JSON, numbers in plain notation (0.000000001, not 1E-9)."""
+    if column == "metadata":
+        return jsonutil.dumps(event.get("metadata") or {})
+    value = event[column]
+    return jsonutil.plain_number(value) if isinstance(value, Decimal) else value
+
+
 def export_usage(client: ApiClient, out: IO[str], filters: dict[str, str]) -> int:
     """Write every event matching the filters of `GET /v1/usage` as CSV; returns the rows written."""
     writer = csv.writer(out)
@@ -821,7 +829,7 @@ def export_usage(client: ApiClient, out: IO[str], filters: dict[str, str]) -> in
         page = client.request("GET", "/v1/usage?" + urllib.parse.urlencode(query))
         for event in page["data"]:
             writer.writerow(
-                [event[c] if c != "metadata" else jsonutil.dumps(event.get("metadata") or {}) for c in EXPORT_COLUMNS]
+                [export_cell(c, event) for c in EXPORT_COLUMNS]
             )
             rows += 1
         cursor = page["meta"]["cursor"]

@@ -54,3 +54,12 @@ def test_the_path_asked_for_decides_a_catch_alls_envelope() -> None:
         "/v1/meters/m/subscriptions/x"
     )
     assert requested_path("/v1/meters", {}, "/api/v1/meters") == "/v1/meters"
+
+
+def test_the_csv_export_writes_plain_numbers() -> None:
+    from chalicelib.backfill import export_cell
+
+    parsed = jsonutil.loads('{"quantity": 0.000000001, "metadata": {"ratio": 0.0000001}, "meter": "agent.tokens"}')
+    assert export_cell("quantity", parsed) == "0.000000001"
+    assert export_cell("metadata", parsed) == '{"ratio":0.0000001}'
+    assert export_cell("meter", parsed) == "agent.tokens"
