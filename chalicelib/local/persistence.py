@@ -365,11 +365,15 @@ def save(data_dir: Path, region: str, tables: Iterable[str], lock: AbstractConte
 # -- the periodic writer --------------------------------------------------------------------------------
 
 
+SNAPSHOT_SHARE_FACTOR = 9  # the interval is at least 9x the last save's duration: saves take <= 10% of the time
+
+
 class Snapshotter(threading.Thread):
     """Saves a snapshot every `interval` seconds when a write happened since the last one.
 
-    A save that takes long (a large table) stretches the interval to four times its
-    duration, so snapshots never take more than a fifth of the process's time.
+    A save that takes long (a large table) stretches the interval to SNAPSHOT_SHARE_FACTOR times its
+    duration, so snapshots never take more than a tenth of the process's time (at 100,000 events a
+    save takes a few seconds, so a snapshot follows a change within about a minute).
     """
 
     def __init__(
@@ -415,7 +419,9 @@ class Snapshotter(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        while not self._stop_event.wait(max(self.interval, 4 * self.last.seconds if self.last else 0.0)):
+        while not self._stop_event.wait(
+            max(self.interval, SNAPSHOT_SHARE_FACTOR * self.last.seconds if self.last else 0.0)
+        ):
             try:
                 self.save()
             except Exception as exc:
