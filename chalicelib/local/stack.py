@@ -214,8 +214,7 @@ def dynamodb_lock() -> AbstractContextManager[Any]:
     """The emulator's lock around every DynamoDB request: a snapshot copies the tables while holding it."""
     from chalicelib.local import emulator
 
-    lock: AbstractContextManager[Any] = emulator._DDB_LOCK  # the emulator does not name it publicly yet
-    return lock
+    return emulator.dynamodb_lock()
 
 
 class AwsEndpoint:
@@ -259,6 +258,29 @@ class AwsEndpoint:
             self._server.shutdown()
             self._thread.join(timeout=5)
         self._server.server_close()
+
+
+class HeapKeeper(threading.Thread):
+    """Keeps the garbage collector's work flat as the tables grow.
+
+    The tables are millions of long-lived objects; a full collection walks them all (about a second at
+    100,000 events), and the interpreter runs one whenever enough new objects survive. Every
+    `every` seconds this collects what is new and freezes what survives, so later collections walk
+    only what was made since.
+    """
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__(name="heap-keeper", daemon=True)
+        self.every = every
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every):
+            gc.collect()
+            gc.freeze()
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 class LocalStack:
@@ -305,6 +327,7 @@ class LocalStack:
         self.container: Container | None = None
         self.hurry = threading.Event()  # a second Ctrl-C: stop waiting for the queue to drain
         self._server_thread: threading.Thread | None = None
+        self._heap_keeper: HeapKeeper | None = None
         self._data_lock: Any = None
         self._tables: list[str] = []
         self._region = "us-east-1"
@@ -374,6 +397,8 @@ class LocalStack:
         self.scheduler.start()
         if self.snapshotter is not None:
             self.snapshotter.start()
+        self._heap_keeper = HeapKeeper()
+        self._heap_keeper.start()
 
     def _load_data(self) -> bool:
         """Claim the data directory and load its snapshot into the new tables; True if one was loaded."""
@@ -461,6 +486,8 @@ class LocalStack:
             poller.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self._heap_keeper is not None:
+            self._heap_keeper.stop()
         for thread in [*self.pollers, self.scheduler, self._server_thread]:
             if thread is not None and thread.is_alive():
                 thread.join(timeout=60)

@@ -253,7 +253,7 @@ class DynamoRollupStore:
             )
         names = {f"#s{i}": name for i, name in enumerate(sets)}
         values = {f":s{i}": to_value(value) for i, value in enumerate(sets.values())}
-        # Plain notation: "1E-7" is a valid DynamoDB number, but the emulator's ADD cannot parse it.
+        # Plain notation, as every number the service writes.
         quantity = format(delta.quantity, "f")
         values.update({":q": {"N": quantity}, ":n": {"N": str(delta.event_count)}, ":one": {"N": "1"}})
         assignments = ", ".join(f"#s{i} = :s{i}" for i in range(len(sets)))

@@ -46,7 +46,6 @@ from tests.integration.test_pipeline_faults import (
     Message,
     Pipeline,
     assert_exact,
-    install_fast_emulation,
     markers,
 )
 
@@ -61,11 +60,6 @@ P_NOT_DELETED = 0.1
 P_COPY_SENT = 0.05
 FORCE_AT = 7
 INVOCATION_SIZES = [1, 3, 10, 25, 50, 100]  # messages per Lambda invocation (the app's batch_size is 100)
-
-
-@pytest.fixture(autouse=True)
-def fast_emulation(monkeypatch: pytest.MonkeyPatch) -> None:
-    install_fast_emulation(monkeypatch)
 
 
 class CachedCatalog(DynamoCatalogRepository):
