@@ -828,9 +828,7 @@ def export_usage(client: ApiClient, out: IO[str], filters: dict[str, str]) -> in
             query["cursor"] = cursor
         page = client.request("GET", "/v1/usage?" + urllib.parse.urlencode(query))
         for event in page["data"]:
-            writer.writerow(
-                [export_cell(c, event) for c in EXPORT_COLUMNS]
-            )
+            writer.writerow([export_cell(c, event) for c in EXPORT_COLUMNS])
             rows += 1
         cursor = page["meta"]["cursor"]
         if not page["meta"]["has_more"]:
