@@ -38,9 +38,10 @@ def dynamodb_lock() -> AbstractContextManager[Any]:
 def _patch_moto() -> None:
     """Serialize DynamoDB requests (once per process) and put the moto fixes in place (at every start)."""
     global _patched
-    from chalicelib.local import moto_fixes
+    from chalicelib.local import chalice_fixes, moto_fixes
 
     moto_fixes.install()
+    chalice_fixes.install()  # the local router routes a greedy {proxy+} as API Gateway does
     if _patched:
         return
     from moto.dynamodb.responses import DynamoHandler

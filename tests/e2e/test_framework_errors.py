@@ -85,6 +85,14 @@ def test_unknown_paths_under_a_dialect_answer_in_its_envelope(client: Any) -> No
         assert parsed(response) == {"message": "No resource exists at this path.", "code": "not_found"}
         assert_no_credential(response)
 
+    # deeper than one segment under a catch-all: API Gateway's greedy {proxy+}, and the local router now too
+    deep = client.http.get("/v1/customers/abc/billing-config", headers=BEARER)
+    assert deep.status_code == 404 and parsed(deep) == {
+        "message": "No resource exists at this path.",
+        "code": "not_found",
+    }
+    assert_native(client.http.get("/v1/nope/deeper/still", headers=BEARER), 404, "not_found")
+
     scalr = client.http.get("/usage-statistics/nope", headers=BEARER)
     assert scalr.status_code == 404
     assert scalr.headers["Content-Type"] == "application/vnd.api+json"
@@ -269,7 +277,7 @@ def call(
 
 
 def test_local_stack_unknown_path_is_a_404_that_quotes_no_credential(stack: str) -> None:
-    for path in ("/nope", "/v1/nope", "/v1/meters/abc", "/v1/usage/summary/x"):
+    for path in ("/nope", "/v1/nope", "/v1/meters/abc", "/v1/usage/summary/x", "/v1/nope/deeper/still", "/a/b/c"):
         status, _, raw = call(f"{stack}{path}", "GET", headers=BEARER)
         assert status == 404, (path, raw)
         assert json.loads(raw)["error"]["code"] == "not_found"
