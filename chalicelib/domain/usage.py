@@ -207,6 +207,11 @@ def canonical_json(value: Any) -> str:
     return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def fingerprint(value: Any) -> str:
+    """The SHA-256 of a request's canonical JSON: what a replay of an idempotency key must match."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class UsageDraft:
     """A validated report of usage, before it is stored."""
@@ -235,7 +240,7 @@ class UsageDraft:
             "source": self.source,
             "metadata": dict(self.metadata),
         }
-        return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+        return fingerprint(payload)
 
 
 def within_idempotency_window(first_accepted: datetime, now: datetime) -> bool:

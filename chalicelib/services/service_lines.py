@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from chalicelib.domain.models import Plan, ServiceLine
-from chalicelib.domain.usage import canonical_json, decimal_places
+from chalicelib.domain.usage import decimal_places, fingerprint
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository, Idempotency
 
@@ -64,11 +64,7 @@ def create_line_once(
         "currency": currency,
         "execution_model": execution_model,
     }
-    idempotency = (
-        Idempotency(idempotency_key, hashlib.sha256(canonical_json(payload).encode()).hexdigest())
-        if idempotency_key is not None
-        else None
-    )
+    idempotency = creation_key(idempotency_key, payload)
     if workspace_id not in {w.id for w in catalog.list_workspaces(organization_id)}:
         raise MeteringError(
             ErrorCode.NOT_FOUND, f"No workspace '{workspace_id}' belongs to this organization.", field="workspace_id"
@@ -147,6 +143,11 @@ def create_line(
         catalog, organization_id, workspace_id, name, product_line, rates, currency, now, execution_model
     )
     return line
+
+
+def creation_key(idempotency_key: str | None, request: dict[str, Any]) -> Idempotency | None:
+    """A creation's idempotency key with its request's fingerprint; None without a key."""
+    return Idempotency(idempotency_key, fingerprint(request)) if idempotency_key is not None else None
 
 
 def replayed_id(catalog: DynamoCatalogRepository, organization_id: str, kind: str, idempotency: Idempotency) -> str:

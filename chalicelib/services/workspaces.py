@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import datetime
 
 from chalicelib.domain.models import Workspace
-from chalicelib.domain.usage import canonical_json
 from chalicelib.errors import ErrorCode, MeteringError
-from chalicelib.services.service_lines import plan_of, replayed_id
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository, Idempotency
+from chalicelib.services.service_lines import creation_key, plan_of, replayed_id
+from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 
 ID_DRAWS = 5
 
@@ -26,11 +24,7 @@ def create_workspace(
 
     With an idempotency key, a retry returns the workspace it created (True: a replay); see create_line.
     """
-    idempotency = (
-        Idempotency(idempotency_key, hashlib.sha256(canonical_json({"name": name}).encode()).hexdigest())
-        if idempotency_key is not None
-        else None
-    )
+    idempotency = creation_key(idempotency_key, {"name": name})
     plan = plan_of(catalog, organization_id)
     limit = plan.limits.workspaces
     for _ in range(ID_DRAWS):
