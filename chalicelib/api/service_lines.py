@@ -37,7 +37,7 @@ def _public(call: Call, line: ServiceLine) -> dict[str, object]:
 def create_service_line(call: Call) -> Reply:
     """Create a service line; 403 plan_limit_exceeded outside the plan's product lines or active-line limit."""
     body = call.body_as(ServiceLineCreate)
-    line, replay = service_lines.create_line_once(
+    line, replay = service_lines.create_line(
         call.container.catalog,
         call.organization_id,
         body.workspace_id,

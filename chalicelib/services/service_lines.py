@@ -39,7 +39,7 @@ def _limit_error(plan: Plan) -> MeteringError:
     )
 
 
-def create_line_once(
+def create_line(
     catalog: DynamoCatalogRepository,
     organization_id: str,
     workspace_id: str,
@@ -125,24 +125,6 @@ def create_line_once(
         if outcome == "limit":
             raise _limit_error(plan)
     raise MeteringError(ErrorCode.SERVICE_UNAVAILABLE, "Could not allocate a service line id; retry.")
-
-
-def create_line(
-    catalog: DynamoCatalogRepository,
-    organization_id: str,
-    workspace_id: str,
-    name: str,
-    product_line: str,
-    rates: dict[str, Decimal],
-    currency: str,
-    now: datetime,
-    execution_model: str = "on_demand",
-) -> ServiceLine:
-    """Create an active service line (no idempotency key); see create_line_once."""
-    line, _ = create_line_once(
-        catalog, organization_id, workspace_id, name, product_line, rates, currency, now, execution_model
-    )
-    return line
 
 
 def creation_key(idempotency_key: str | None, request: dict[str, Any]) -> Idempotency | None:

@@ -403,7 +403,7 @@ def test_concurrent_creates_at_the_limit_never_exceed_it(container: Container, c
     def attempt(n: int) -> str:
         barrier.wait()
         try:
-            line = service_lines.create_line(
+            line, _ = service_lines.create_line(
                 container.catalog,
                 OTHER_ORG,
                 OTHER_WORKSPACE,
@@ -442,7 +442,7 @@ def test_concurrent_resumes_at_the_limit_never_exceed_it(container: Container, c
     """Three paused lines race to resume into the one free slot: exactly one wins."""
     paused: list[str] = []
     for n in range(2):
-        line = service_lines.create_line(
+        line, _ = service_lines.create_line(
             container.catalog, OTHER_ORG, OTHER_WORKSPACE, f"L{n}", "talent", {"talent.hours": Decimal(1)}, "USD", T0
         )
         paused.append(line.id)
