@@ -194,17 +194,12 @@ class DynamoCatalogRepository:
     def all_service_lines(self) -> list[ServiceLine]:
         """Every service line of every organization (a scan of the small catalog table; jobs only)."""
         lines: list[ServiceLine] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table_name,
-            "FilterExpression": "kind = :kind",
-            "ExpressionAttributeValues": {":kind": {"S": "service_line"}},
-        }
+        start: dict[str, Any] | None = None
         while True:
-            page = self.client.scan(**kwargs)
-            lines.extend(ServiceLine.model_validate(self._strip(from_item(i))) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
+            page, start = self.service_lines_page(start, 1000)
+            lines.extend(page)
+            if start is None:
                 return sorted(lines, key=lambda s: s.id)
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get_api_key(self, key_hash: str) -> ApiKey | None:
         item = self._get(api_key_pk(key_hash), API_KEY_SK)
