@@ -35,8 +35,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist); a module's tests stay on one worker,
+# so a module-scoped local stack starts once.
+TEST_WORKERS ?= 2
 test: lint typecheck cfn-lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # The CloudFormation (SAM) template and Lambda package for a stage: chalice package
 # merged with the tables, queues, event-source settings and IAM policy built from the schema.
