@@ -48,6 +48,7 @@ package: $(STAMP)
 	$(BIN)/python -m tools.deploy_template --stage $(STAGE) > build/merge-$(STAGE).json
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} METERING_STAGE=$(STAGE) METERING_USAGE_QUEUE=metering-usage-$(STAGE) \
 		$(BIN)/chalice package --stage $(STAGE) --merge-template build/merge-$(STAGE).json $(PACKAGE_DIR)
+	$(BIN)/python -m tools.package $(PACKAGE_DIR)
 	@echo "packaged: $(PACKAGE_DIR)/sam.json and $(PACKAGE_DIR)/deployment.zip"
 
 cfn-lint: package
