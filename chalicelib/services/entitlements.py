@@ -12,10 +12,9 @@ from decimal import Decimal
 
 from chalicelib.domain.money import exact_sum
 from chalicelib.errors import ErrorCode, MeteringError
+from chalicelib.services.ports import CatalogRepository, RollupStore
 from chalicelib.services.queries import daily_totals
 from chalicelib.services.service_lines import plan_of
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository
-from chalicelib.storage.rollups_repo import DynamoRollupStore
 
 CREDIT_METER = "agent.runs"
 
@@ -42,13 +41,14 @@ def month_bounds(now: datetime) -> tuple[date, date, datetime]:
 
 
 def agent_credits(
-    catalog: DynamoCatalogRepository, rollups: DynamoRollupStore, organization_id: str, now: datetime
+    catalog: CatalogRepository, rollups: RollupStore, organization_id: str, now: datetime
 ) -> AgentCredits:
     """This month's agent credits: the plan's limit, the runs recorded (by period_date) and what is left."""
     plan = plan_of(catalog, organization_id)
     first, last, resets = month_bounds(now)
     lines = [line.id for line in catalog.list_service_lines(organization_id)]
-    totals = daily_totals(rollups, organization_id, lines, first, last)
+    # queries.daily_totals still names DynamoRollupStore; it only reads day rollups, which the port has
+    totals = daily_totals(rollups, organization_id, lines, first, last)  # type: ignore[arg-type]
     used = exact_sum(q for (_, meter, _), q in totals.items() if meter == CREDIT_METER)
     limit = plan.limits.agent_credits_monthly
     remaining = None if limit is None or limit == "custom" else max(Decimal(0), Decimal(limit) - used)

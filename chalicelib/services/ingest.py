@@ -23,26 +23,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal, Protocol
-
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import Literal
 
 from chalicelib.domain.ids import batch_id as new_batch_id
 from chalicelib.domain.ids import usage_event_id
 from chalicelib.domain.models import ServiceLine, UsageEvent, instant
-from chalicelib.domain.pipeline import BatchMessage
+from chalicelib.domain.pipeline import BatchMessage, PendingBatch, slot_for
+from chalicelib.domain.store import StoreError
 from chalicelib.domain.usage import WHOLE_METERS, UsageDraft, within_idempotency_window
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
-from chalicelib.services.ports import CatalogRepository
-from chalicelib.storage.events_repo import DynamoEventStore, PendingBatch, slot_for
+from chalicelib.services.ports import CatalogReader, EventStore
+from chalicelib.services.ports import MessageQueue as MessageQueue  # where aggregate and reconcile import it from
 
 log = logging.getLogger("usage-metering.ingest")
 
 Status = Literal["accepted", "duplicate", "conflict", "rejected"]
-
-
-class MessageQueue(Protocol):
-    def send(self, body: str, attributes: dict[str, str] | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +66,7 @@ def truncate_to_millis(moment: datetime) -> datetime:
 
 
 def resolve(
-    catalog: CatalogRepository,
+    catalog: CatalogReader,
     organization_id: str,
     draft: UsageDraft,
     lines: dict[str, ServiceLine | None] | None = None,
@@ -113,7 +108,7 @@ def resolve(
     return line.workspace_id, meter.unit
 
 
-def reporting_lines(catalog: CatalogRepository, organization_id: str, meter_id: str) -> list[ServiceLine]:
+def reporting_lines(catalog: CatalogReader, organization_id: str, meter_id: str) -> list[ServiceLine]:
     """The organization's active lines that rate the meter, oldest first (created_at, then id).
 
     The first is the meter's default subscription: it takes a report that names no line.
@@ -126,7 +121,7 @@ def reporting_lines(catalog: CatalogRepository, organization_id: str, meter_id: 
     return sorted(lines, key=lambda line: (line.created_at, line.id))
 
 
-def default_line(catalog: CatalogRepository, organization_id: str, meter_id: str) -> str:
+def default_line(catalog: CatalogReader, organization_id: str, meter_id: str) -> str:
     """The line that takes a report to the meter naming none: the oldest active line rating it."""
     lines = reporting_lines(catalog, organization_id, meter_id)
     if lines:
@@ -179,7 +174,7 @@ def _judge(existing: UsageEvent, key: str | None, matches: Matcher) -> IngestOut
     )
 
 
-def _store(events: DynamoEventStore, candidate: UsageEvent, now: datetime, matches: Matcher) -> IngestOutcome:
+def _store(events: EventStore, candidate: UsageEvent, now: datetime, matches: Matcher) -> IngestOutcome:
     slot = slot_for(candidate.idempotency_key, candidate.id)
     for _ in range(5):
         outcome = events.put_new(candidate, slot)
@@ -198,7 +193,7 @@ def _store(events: DynamoEventStore, candidate: UsageEvent, now: datetime, match
 
 
 def _admit(
-    catalog: CatalogRepository,
+    catalog: CatalogReader,
     organization_id: str,
     draft: UsageDraft,
     lines: dict[str, ServiceLine | None],
@@ -218,7 +213,7 @@ def _admit(
 
 
 def _replays_of_refused(
-    events: DynamoEventStore,
+    events: EventStore,
     organization_id: str,
     refused: dict[int, tuple[str, MeteringError]],
     matchers: dict[int, Matcher],
@@ -255,8 +250,8 @@ def _replays_of_refused(
 def ingest(
     items: Sequence[UsageDraft | MeteringError],
     organization_id: str,
-    catalog: CatalogRepository,
-    events: DynamoEventStore,
+    catalog: CatalogReader,
+    events: EventStore,
     queue: MessageQueue,
     now: datetime,
     source_default: str = "api",
@@ -353,7 +348,7 @@ def ingest(
     ]
 
 
-def _after_failed_write(events: DynamoEventStore, event: UsageEvent, error: Exception) -> tuple[IngestOutcome, bool]:
+def _after_failed_write(events: EventStore, event: UsageEvent, error: Exception) -> tuple[IngestOutcome, bool]:
     """What a write that raised did: the slot is read again, since a write can land and its answer be lost.
 
     Returns the outcome and whether it is known; an unknown one is reported as retryable.
@@ -367,9 +362,7 @@ def _after_failed_write(events: DynamoEventStore, event: UsageEvent, error: Exce
         known = True
     if found is not None and found.id == event.id:
         return IngestOutcome("accepted", event), True
-    code = (
-        ErrorCode.SERVICE_UNAVAILABLE if isinstance(error, (ClientError, BotoCoreError)) else ErrorCode.INTERNAL_ERROR
-    )
+    code = ErrorCode.SERVICE_UNAVAILABLE if isinstance(error, StoreError) else ErrorCode.INTERNAL_ERROR
     return IngestOutcome("rejected", error=MeteringError(code, "Storing the event failed; retry.")), known
 
 
@@ -385,7 +378,7 @@ def _enqueue_all(
 
 
 def _enqueue(
-    events: DynamoEventStore,
+    events: EventStore,
     queue: MessageQueue,
     batch: str,
     organization_id: str,

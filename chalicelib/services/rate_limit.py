@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from chalicelib.errors import ErrorCode, MeteringError
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository
+from chalicelib.services.ports import CatalogRepository
 
 FLUSH_EVERY_CALLS = 25
 FLUSH_EVERY_SECONDS = 5.0
@@ -83,7 +83,7 @@ class _Counter:
 class ApiCallLimiter:
     """Counts and limits API calls per organization and calendar month (UTC)."""
 
-    def __init__(self, catalog: DynamoCatalogRepository, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, catalog: CatalogRepository, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.catalog = catalog
         self.monotonic = monotonic
         self._lock = threading.Lock()

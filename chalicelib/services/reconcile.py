@@ -23,15 +23,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.domain.models import UsageEvent, instant
 from chalicelib.domain.pipeline import ReconcileMessage
 from chalicelib.domain.usage import RollupDelta, RollupKey, coalesce, countable
-from chalicelib.services.ingest import MessageQueue
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository
-from chalicelib.storage.events_repo import DynamoEventStore
-from chalicelib.storage.rollups_repo import DynamoRollupStore, Rollup
+from chalicelib.services.ports import CatalogRepository, EventStore, MessageQueue, RollupStore
+
+if TYPE_CHECKING:
+    from chalicelib.storage.rollups_repo import Rollup
 
 log = logging.getLogger("usage-metering.reconcile")
 
@@ -61,9 +61,9 @@ class ReconcileReport:
 
 
 def reconcile(
-    catalog: DynamoCatalogRepository,
-    events: DynamoEventStore,
-    rollups: DynamoRollupStore,
+    catalog: CatalogRepository,
+    events: EventStore,
+    rollups: RollupStore,
     now: datetime,
     days: int = RECENT_DAYS,
     quiet: timedelta = QUIET_PERIOD,
@@ -92,7 +92,7 @@ class PlanReport:
 
 
 def plan(
-    catalog: DynamoCatalogRepository,
+    catalog: CatalogRepository,
     queue: MessageQueue,
     now: datetime,
     days: int = RECENT_DAYS,
@@ -125,8 +125,8 @@ def plan(
 
 def run_item(
     item: ReconcileMessage,
-    events: DynamoEventStore,
-    rollups: DynamoRollupStore,
+    events: EventStore,
+    rollups: RollupStore,
     now: datetime,
     quiet: timedelta = QUIET_PERIOD,
     report: ReconcileReport | None = None,
@@ -143,8 +143,8 @@ def reconcile_line_day(
     organization_id: str,
     line_id: str,
     day: date,
-    events: DynamoEventStore,
-    rollups: DynamoRollupStore,
+    events: EventStore,
+    rollups: RollupStore,
     now: datetime,
     quiet: timedelta,
     report: ReconcileReport,

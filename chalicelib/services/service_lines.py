@@ -8,21 +8,22 @@ from decimal import Decimal
 from typing import Any
 
 from chalicelib.domain.models import Plan, ServiceLine
+from chalicelib.domain.store import Idempotency
 from chalicelib.domain.usage import decimal_places, fingerprint
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository, Idempotency
+from chalicelib.services.ports import CatalogRepository
 
 MAX_RATE = Decimal(10) ** 9
 
 
-def plan_of(catalog: DynamoCatalogRepository, organization_id: str) -> Plan:
+def plan_of(catalog: CatalogRepository, organization_id: str) -> Plan:
     plan = catalog.get_organization_plan(organization_id)
     if plan is None:
         raise MeteringError(ErrorCode.INTERNAL_ERROR, "The organization has no plan.")
     return plan
 
 
-def get_line(catalog: DynamoCatalogRepository, organization_id: str, line_id: str) -> ServiceLine:
+def get_line(catalog: CatalogRepository, organization_id: str, line_id: str) -> ServiceLine:
     line = catalog.get_service_line(organization_id, line_id)
     if line is None:
         raise MeteringError(
@@ -40,7 +41,7 @@ def _limit_error(plan: Plan) -> MeteringError:
 
 
 def create_line(
-    catalog: DynamoCatalogRepository,
+    catalog: CatalogRepository,
     organization_id: str,
     workspace_id: str,
     name: str,
@@ -132,7 +133,7 @@ def creation_key(idempotency_key: str | None, request: dict[str, Any]) -> Idempo
     return Idempotency(idempotency_key, fingerprint(request)) if idempotency_key is not None else None
 
 
-def replayed_id(catalog: DynamoCatalogRepository, organization_id: str, kind: str, idempotency: Idempotency) -> str:
+def replayed_id(catalog: CatalogRepository, organization_id: str, kind: str, idempotency: Idempotency) -> str:
     """The id a creation key made before; 409 when the key was used for another request."""
     first = catalog.get_creation_key(organization_id, kind, idempotency.key)
     if first is None:  # the key's record and what it names are written together: it cannot be missing
@@ -146,7 +147,7 @@ def replayed_id(catalog: DynamoCatalogRepository, organization_id: str, kind: st
     return first.target_id
 
 
-def set_status(catalog: DynamoCatalogRepository, organization_id: str, line_id: str, status: str) -> ServiceLine:
+def set_status(catalog: CatalogRepository, organization_id: str, line_id: str, status: str) -> ServiceLine:
     """Pause or resume a line (idempotent); resuming counts against the plan's active-line limit."""
     line = get_line(catalog, organization_id, line_id)
     if line.status == status:

@@ -13,8 +13,7 @@ from datetime import datetime, timedelta
 from chalicelib.domain.ids import ulid_floor
 from chalicelib.domain.models import instant
 from chalicelib.domain.pipeline import BatchMessage
-from chalicelib.services.ingest import MessageQueue
-from chalicelib.storage.events_repo import DynamoEventStore
+from chalicelib.services.ports import EventStore, MessageQueue
 
 log = logging.getLogger("usage-metering.sweep")
 
@@ -36,9 +35,7 @@ class SweepReport:
         }
 
 
-def sweep(
-    events: DynamoEventStore, queue: MessageQueue, now: datetime, grace: timedelta = PENDING_GRACE
-) -> SweepReport:
+def sweep(events: EventStore, queue: MessageQueue, now: datetime, grace: timedelta = PENDING_GRACE) -> SweepReport:
     """Re-enqueue every batch pending for longer than `grace` (at most once per grace period)."""
     report = SweepReport()
     for batch in events.pending_before("B" + ulid_floor(now - grace)):

@@ -7,18 +7,18 @@ from datetime import datetime
 
 from chalicelib.domain.models import Workspace
 from chalicelib.errors import ErrorCode, MeteringError
+from chalicelib.services.ports import CatalogRepository
 from chalicelib.services.service_lines import creation_key, plan_of, replayed_id
-from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 
 ID_DRAWS = 5
 
 
-def list_workspaces(catalog: DynamoCatalogRepository, organization_id: str) -> list[Workspace]:
+def list_workspaces(catalog: CatalogRepository, organization_id: str) -> list[Workspace]:
     return catalog.list_workspaces(organization_id)
 
 
 def create_workspace(
-    catalog: DynamoCatalogRepository, organization_id: str, name: str, now: datetime, idempotency_key: str | None = None
+    catalog: CatalogRepository, organization_id: str, name: str, now: datetime, idempotency_key: str | None = None
 ) -> tuple[Workspace, bool]:
     """Create a workspace if the plan allows one more; its WS-yy-NNNNNN id is globally unique.
 

@@ -14,12 +14,12 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
 from chalicelib.domain.models import ApiKey, Meter, Organization, Plan, ServiceLine, Workspace
+from chalicelib.domain.store import Idempotency, IdTakenError
 from chalicelib.storage import clients
 from chalicelib.storage.codec import from_item, key, to_item
 from chalicelib.storage.keys import (
@@ -41,6 +41,8 @@ from chalicelib.storage.keys import (
     workspace_sk,
 )
 
+__all__ = ["DynamoCatalogRepository", "IdTakenError", "Idempotency"]
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
@@ -48,25 +50,13 @@ T = TypeVar("T")
 _CACHE_SECONDS = 60.0
 
 
-@dataclass(frozen=True)
-class Idempotency:
-    """A creation's idempotency key and its payload's fingerprint (and, once stored, the id it created)."""
-
-    key: str
-    payload_hash: str
-    target_id: str = ""
-
-
-class IdTakenError(Exception):
-    """A workspace or service-line id that another organization already holds."""
-
-    def __init__(self, generated_id: str) -> None:
-        super().__init__(f"the id {generated_id} belongs to another organization")
-        self.generated_id = generated_id
-
-
 class DynamoCatalogRepository:
-    """The catalog repository; meters and plans are cached for a minute per process."""
+    """The catalog repository (the CatalogRepository port); meters, plans and organizations are cached
+    for a minute per process.
+
+    Conditional writes answer with outcomes (see _create_counted) or IdTakenError; any other AWS error
+    is left as botocore raised it, which the operator CLI reports by kind.
+    """
 
     def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
         self.table_name = table_name

@@ -18,24 +18,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.domain.models import UsageEvent, instant
+from chalicelib.domain.pipeline import PendingBatch, PutOutcome, archive_slot, slot_for
 from chalicelib.storage import clients
 from chalicelib.storage.codec import from_item, key, to_item, to_value
+from chalicelib.storage.failures import translated, translated_iter
 from chalicelib.storage.keys import (
     EVENT_SK,
-    archive_slot,
     event_pk,
     event_pk_prefix,
     line_index_pk,
     line_index_sk,
     pending_pk,
-    slot_for,
 )
 
 __all__ = ["DynamoEventStore", "PendingBatch", "PutOutcome", "archive_slot", "event_pk", "slot_for"]
@@ -48,18 +47,6 @@ PENDING_SHARDS = 8
 
 def pending_shard(batch_id: str) -> int:
     return int(hashlib.sha256(batch_id.encode()).hexdigest()[:8], 16) % PENDING_SHARDS
-
-
-@dataclass(frozen=True)
-class PendingBatch:
-    """An ingest batch not yet (fully) rolled up: its events as (slot, id) pairs."""
-
-    batch_id: str
-    organization_id: str
-    created_at: datetime
-    events: tuple[tuple[str, str], ...]
-    last_enqueued_at: datetime | None = None
-    dead_lettered_at: datetime | None = None
 
 
 def event_to_item(event: UsageEvent, slot: str) -> dict[str, Any]:
@@ -84,16 +71,9 @@ def event_from_item(item: dict[str, Any]) -> UsageEvent:
     return UsageEvent.model_validate(values)
 
 
-class PutOutcome:
-    """The result of a conditional put: stored, or the event already at that slot."""
-
-    def __init__(self, stored: bool, existing: UsageEvent | None = None) -> None:
-        self.stored = stored
-        self.existing = existing
-
-
 class DynamoEventStore:
-    """Events and pending batches in the events table."""
+    """Events and pending batches in the events table (the EventStore port; botocore errors come out as
+    the store's own, chalicelib/domain/store.py)."""
 
     def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
         self.table_name = table_name
@@ -104,6 +84,7 @@ class DynamoEventStore:
         return self._client or clients.dynamodb()
 
     # -- events ----------------------------------------------------------------
+    @translated
     def put_new(self, event: UsageEvent, slot: str) -> PutOutcome:
         """Store the event only if its slot is free (one conditional PutItem, 1 write unit under 1 KB)."""
         try:
@@ -121,6 +102,7 @@ class DynamoEventStore:
             existing = event_from_item(item) if item else self.get(event.organization_id, slot)
             return PutOutcome(False, existing)
 
+    @translated
     def replace_expired(self, old: UsageEvent, new: UsageEvent, slot: str) -> bool:
         """Move an event whose key expired aside and store the new one in its slot, atomically."""
         try:
@@ -149,12 +131,14 @@ class DynamoEventStore:
                 return False
             raise
 
+    @translated
     def get(self, organization_id: str, slot: str) -> UsageEvent | None:
         item = self.client.get_item(
             TableName=self.table_name, Key=key(event_pk(organization_id, slot), EVENT_SK), ConsistentRead=True
         ).get("Item")
         return event_from_item(item) if item else None
 
+    @translated
     def get_many(self, organization_id: str, slots: Iterable[str]) -> dict[str, UsageEvent]:
         """Events by slot, read strongly consistent; missing slots are absent from the result."""
         wanted = list(dict.fromkeys(slots))
@@ -169,6 +153,7 @@ class DynamoEventStore:
                 request = response.get("UnprocessedKeys") or {}
         return found
 
+    @translated
     def query_line(
         self,
         organization_id: str,
@@ -208,6 +193,7 @@ class DynamoEventStore:
         ]
         return rows, page.get("LastEvaluatedKey")
 
+    @translated_iter
     def iter_line(self, organization_id: str, line_id: str, start: date, end: date) -> Iterator[UsageEvent]:
         cursor: dict[str, Any] | None = None
         while True:
@@ -217,6 +203,7 @@ class DynamoEventStore:
                 return
 
     # -- pending batches -------------------------------------------------------
+    @translated
     def put_pending(self, batch: PendingBatch) -> None:
         self.client.put_item(
             TableName=self.table_name,
@@ -234,9 +221,11 @@ class DynamoEventStore:
     def pending_key(self, batch_id: str) -> dict[str, Any]:
         return key(pending_pk(pending_shard(batch_id)), batch_id)
 
+    @translated
     def delete_pending(self, batch_id: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key=self.pending_key(batch_id))
 
+    @translated
     def delete_pending_many(self, batch_ids: Iterable[str]) -> None:
         """Delete pending records (unconditional: deleting twice is harmless)."""
         keys = [self.pending_key(b) for b in sorted(set(batch_ids))]
@@ -245,11 +234,13 @@ class DynamoEventStore:
             while request:
                 request = self.client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
 
+    @translated
     def is_pending(self, batch_id: str) -> bool:
         return "Item" in self.client.get_item(
             TableName=self.table_name, Key=self.pending_key(batch_id), ConsistentRead=True, ProjectionExpression="pk"
         )
 
+    @translated_iter
     def pending_before(self, cutoff_sk: str, limit: int = 100) -> Iterator[PendingBatch]:
         """Pending batches whose id sorts below `cutoff_sk` (created before the cutoff), every shard."""
         for shard in range(PENDING_SHARDS):
@@ -278,6 +269,7 @@ class DynamoEventStore:
                     break
                 kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    @translated
     def mark_dead_lettered(self, batch_id: str, now: datetime, reason: str) -> None:
         """Note on a pending batch that its message went to the dead-letter queue (if it is still pending)."""
         try:
@@ -292,6 +284,7 @@ class DynamoEventStore:
             if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
 
+    @translated
     def claim_for_requeue(self, batch_id: str, now: datetime, not_since: datetime) -> bool:
         """Mark a pending batch re-enqueued unless another sweeper did so since `not_since`."""
         try:

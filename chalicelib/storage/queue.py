@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chalicelib.storage import clients
+from chalicelib.storage.failures import translated
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 
 class SqsQueue:
-    """A queue by name; its URL is looked up once, on first use."""
+    """A queue by name (the MessageQueue port); its URL is looked up once, on first use.
+
+    botocore errors come out as the store's own (chalicelib/domain/store.py).
+    """
 
     def __init__(self, queue_name: str, client: SQSClient | None = None) -> None:
         self.queue_name = queue_name
@@ -28,6 +32,7 @@ class SqsQueue:
             self._url = self.client.get_queue_url(QueueName=self.queue_name)["QueueUrl"]
         return self._url
 
+    @translated
     def send(self, body: str, attributes: dict[str, str] | None = None) -> None:
         kwargs = {}
         if attributes:

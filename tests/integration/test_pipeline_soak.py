@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 from chalicelib.container import Container
 from chalicelib.domain.models import Meter, ServiceLine
 from chalicelib.domain.pipeline import BatchMessage
+from chalicelib.domain.store import StoreUnavailable
 from chalicelib.domain.usage import WHOLE_METERS, UsageDraft
 from chalicelib.services import sweep
 from chalicelib.services.ingest import ingest
@@ -269,7 +270,7 @@ class Soak:
         self.clock += timedelta(minutes=6)
         self.sweeps += 1
         # If the sweeper's own send fails, the batch is claimed again after the grace period.
-        with contextlib.suppress(ClientError), self.timed("sweep"):
+        with contextlib.suppress(StoreUnavailable), self.timed("sweep"):
             sweep.sweep(self.container.events, self.container.queue, self.clock)
 
 
