@@ -3,7 +3,7 @@
 from chalice.app import Chalice
 
 from chalicelib import config, observability
-from chalicelib.api import catalog, openapi, service_lines, usage, usage_events, workspaces
+from chalicelib.api import catalog, ingest_dialects, openapi, service_lines, usage, usage_events, workspaces
 from chalicelib.api.http import PathOwner, answer_the_rest
 from chalicelib.dialects import meter_api, metronome, scalr
 from chalicelib.workers import pipeline
@@ -20,6 +20,7 @@ app.register_blueprint(workspaces.bp)
 app.register_blueprint(meter_api.bp)
 app.register_blueprint(metronome.bp)
 app.register_blueprint(scalr.bp)
+ingest_dialects.register(app)  # Metronome, CloudEvents/OpenMeter and Stripe ingest
 app.register_blueprint(pipeline.bp)
 app.register_blueprint(openapi.bp)
 
@@ -31,6 +32,7 @@ PATH_OWNERS = [
     PathOwner("/v1/usage", metronome.METRONOME, methods=frozenset({"POST"})),
     PathOwner("/v1/ingest", metronome.METRONOME),
     PathOwner("/usage-statistics", scalr.SCALR),
+    *ingest_dialects.PATH_OWNERS,
     *(PathOwner(prefix, metronome.METRONOME, edge=False) for prefix in metronome.METRONOME_PATH_PREFIXES),
 ]
 answer_the_rest(app, PATH_OWNERS)

@@ -185,7 +185,13 @@ def _as_bytes(raw: str | bytes | None) -> bytes:
     return raw.encode("utf-8") if isinstance(raw, str) else raw
 
 
+# A Reply body that is no body at all (OpenMeter's 204, Metronome's ingest 200): sent empty, without Content-Type.
+NO_BODY: Any = object()
+
+
 def render(status: int, body: Any, content_type: str, request_id: str, headers: Mapping[str, str] = {}) -> Response:
+    if body is NO_BODY:
+        return Response(body="", status_code=status, headers={"X-Request-Id": request_id, **headers})
     return Response(
         body=jsonutil.dumps(body),
         status_code=status,

@@ -1,0 +1,148 @@
+"""The path every ingest dialect shares: the organization's mapping, foreign events -> drafts -> ingest.
+
+The mapping itself (what a customer, an event type, a value and a key mean) is
+`chalicelib.domain.ingest_mapping`. Per-organization overrides are read from the catalog's
+`ingest_mappings.json` (organization id -> `customer_aliases`, `event_types`); an organization
+without an entry gets the default mapping, which needs no setup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import lru_cache
+
+from chalicelib import catalog as catalog_data
+from chalicelib import observability
+from chalicelib.container import Container
+from chalicelib.domain.ingest_mapping import ForeignEvent, IngestMapping, MappedEvent, map_event, parse_mapping
+from chalicelib.domain.models import Meter
+from chalicelib.domain.usage import UsageDraft
+from chalicelib.errors import ErrorCode, MeteringError
+from chalicelib.services.ingest import IngestOutcome, ingest
+from chalicelib.services.ports import CatalogReader
+
+OVERRIDES = "ingest_mappings"
+
+
+@lru_cache(maxsize=1)
+def overrides() -> dict[str, IngestMapping]:
+    """The organizations' mapping overrides, from the catalog's ingest_mappings.json."""
+    data = catalog_data.read(OVERRIDES)
+    return {organization_id: parse_mapping(organization_id, entry) for organization_id, entry in data.items()}
+
+
+def mapping_for(organization_id: str) -> IngestMapping:
+    """The organization's mapping: its overrides, else the default one."""
+    return overrides().get(organization_id) or IngestMapping(organization_id)
+
+
+def prepare(
+    catalog: CatalogReader, organization_id: str, events: Sequence[ForeignEvent | MeteringError], now: datetime
+) -> list[MappedEvent | MeteringError]:
+    """Each foreign event as a draft (or the error that says why it is none), in order; nothing is written."""
+    mapping = mapping_for(organization_id)
+    meters: dict[str, Meter | None] = {}
+    prepared: list[MappedEvent | MeteringError] = []
+    for event in events:
+        if isinstance(event, MeteringError):
+            prepared.append(event)
+            continue
+        rule = mapping.rule(event.event_type)
+        if rule.meter not in meters:
+            meters[rule.meter] = catalog.get_meter(rule.meter)
+        try:
+            prepared.append(map_event(mapping, event, meters[rule.meter], now, rule))
+        except MeteringError as error:
+            prepared.append(error)
+    return prepared
+
+
+def store(
+    container: Container, organization_id: str, prepared: Sequence[MappedEvent | MeteringError], now: datetime
+) -> list[IngestOutcome]:
+    """Ingest the prepared events; one outcome per item, in order (an error item is rejected alone).
+
+    Events whose line the organization's default rule picks and events whose mapping names a line are
+    ingested as two calls (the use case takes one line rule per call).
+    """
+    outcomes: list[IngestOutcome | None] = [None] * len(prepared)
+    for by_rule in (True, False):
+        indexes: list[int] = []
+        items: list[UsageDraft | MeteringError] = []
+        for index, item in enumerate(prepared):
+            if isinstance(item, MeteringError):
+                outcomes[index] = IngestOutcome("rejected", error=item)
+            elif item.line_by_rule == by_rule:
+                indexes.append(index)
+                items.append(item.draft)
+        if not items:
+            continue
+        c = container
+        answers = ingest(items, organization_id, c.catalog, c.events, c.queue, now, line_by_rule=by_rule)
+        for index, answer in zip(indexes, answers, strict=True):
+            outcomes[index] = answer
+    done = [o or IngestOutcome("rejected", error=MeteringError(ErrorCode.INTERNAL_ERROR)) for o in outcomes]
+    observability.count_outcomes([o.status for o in done])
+    return done
+
+
+class Refusal(MeteringError):
+    """An event refused, answered with the status its dialect gives a refused event (400); the code stays."""
+
+    def __init__(self, error: MeteringError, message: str | None = None, status: int = 400) -> None:
+        super().__init__(error.error_code, message or error.message, field=error.field, details=dict(error.details))
+        self.status = status
+
+    @property
+    def http_status(self) -> int:
+        return self.status
+
+
+def first_invalid(prepared: Sequence[MappedEvent | MeteringError], name: Callable[[int], str]) -> MeteringError | None:
+    """The first event that maps to nothing, as a 400 naming it and how many others failed; None if all map."""
+    failed = [(index, item) for index, item in enumerate(prepared) if isinstance(item, MeteringError)]
+    if not failed:
+        return None
+    index, error = failed[0]
+    more = f" ({len(failed) - 1} more of the {len(prepared)} events are invalid too)" if len(failed) > 1 else ""
+    return Refusal(error, f"{_named(name(index), error).rstrip('.')}{more}. Nothing was stored.", status=_status(error))
+
+
+def request_failure(
+    outcomes: Sequence[IngestOutcome], name: Callable[[int], str], conflicts_are_duplicates: bool
+) -> MeteringError | None:
+    """What a request answers when some of its events were not stored; None when all were (or were replays).
+
+    A 5xx outcome wins (a retry of the request is safe); then the first refused event, as a 400. A conflict
+    (a known key with another payload) is a duplicate in dialects that deduplicate by id alone.
+    """
+    failures = [
+        (index, outcome)
+        for index, outcome in enumerate(outcomes)
+        if outcome.status == "rejected" or (outcome.status == "conflict" and not conflicts_are_duplicates)
+    ]
+    if not failures:
+        return None
+    stored = sum(1 for outcome in outcomes if outcome.status in ("accepted", "duplicate"))
+    after = (
+        f" The other {stored} events of this request are stored; sending the request again stores each at most once."
+        if stored
+        else ""
+    )
+    unavailable = [(i, o) for i, o in failures if o.error is not None and o.error.http_status >= 500]
+    index, outcome = (unavailable or failures)[0]
+    error = outcome.error or MeteringError(ErrorCode.INTERNAL_ERROR)
+    return Refusal(error, _named(name(index), error) + after, status=_status(error))
+
+
+def _named(where: str, error: MeteringError) -> str:
+    """The error's message, prefixed with which event it is about unless it already says so."""
+    if not where or error.message.startswith(where):
+        return error.message
+    return f"{where}: {error.message}"
+
+
+def _status(error: MeteringError) -> int:
+    """A refused event is a 400 in every ingest dialect; a 5xx stays (the request may be retried as is)."""
+    return error.http_status if error.http_status >= 500 else 400
