@@ -7,7 +7,11 @@ redrive policy, `ReportBatchItemFailures` on the aggregator's event source, one
 IAM role per function granting only what that function calls on each named
 table, index, queue and its own log group (no `*` resource; writes to the
 events table other than storing events are limited to pending records), and
-API Gateway stage throttling (template parameters with per-stage defaults).
+API Gateway stage throttling (template parameters with per-stage defaults), and
+operations (docs/operations.md): CloudWatch alarms sent to an SNS topic whose
+subscription is a parameter, a log group with retention per function, a
+CloudWatch dashboard, X-Ray tracing as a parameter, and the aggregator's
+reserved concurrency.
 .chalice/config.json tells Chalice not to manage roles; each function's role
 here replaces the `iam_role_arn` placeholder. Chalice's merge replaces lists
 and merges dicts deeply; the packaged result is what the tests check.
@@ -23,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib import observability as obs
 from chalicelib.storage.schema import QUEUES, TABLES, QueueSpec, TableSpec, resource_name
 
 APP_NAME = "usage-metering"
@@ -317,6 +322,393 @@ def secrets_and_gateway_responses(stage: str, resources: dict[str, Any]) -> None
     resources[API]["Properties"]["GatewayResponses"] = responses
 
 
+# -- operations: alarms, their topic, log retention, a dashboard, tracing, aggregator concurrency ------------
+
+
+@dataclass(frozen=True)
+class StageOperations:
+    """Per-stage defaults of the operations parameters (a deploy overrides them with --parameter-overrides)."""
+
+    log_retention_days: int
+    tracing: bool
+    # 0: no reservation. A new AWS account's concurrency quota can be 10, where any reservation fails,
+    # so dev reserves none; docs/operations.md says why prod reserves 10.
+    aggregator_concurrency: int
+
+
+STAGE_OPERATIONS = {"dev": StageOperations(14, False, 0), "prod": StageOperations(90, True, 10)}
+DEFAULT_OPERATIONS = STAGE_OPERATIONS["dev"]
+# The values CloudWatch Logs accepts for RetentionInDays.
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+ALARM_PROTOCOLS = ("email", "email-json", "https", "http", "sms", "sqs", "lambda")
+ALARM_TOPIC = "AlarmTopic"
+DASHBOARD = "OperationsDashboard"
+API_STAGE = "api"  # .chalice/config.json: api_gateway_stage
+TRACING_ON = "TracingOn"
+HAS_SUBSCRIPTION = "HasAlarmSubscription"
+CONCURRENCY_RESERVED = "AggregatorConcurrencyReserved"
+XRAY_ACTIONS = ("xray:PutTraceSegments", "xray:PutTelemetryRecords")
+# The oldest usage message may wait this long before an operator hears of it. Normal lag is seconds; a
+# failing message comes back after the visibility timeout (360 s), so one failure alone stays under it.
+QUEUE_AGE_ALARM_SECONDS = 900
+# The API's 5xx share (percent) over 5 minutes that alarms, once at least API_5XX_MIN_REQUESTS came in.
+API_5XX_PERCENT = 5
+API_5XX_MIN_REQUESTS = 20
+
+
+def api_name(stage: str) -> str:
+    """The REST API's name: its CloudWatch metrics are keyed by it, so each stage has its own."""
+    return f"{APP_NAME}-{stage}"
+
+
+def log_group_id(function: str) -> str:
+    return f"{FUNCTIONS[function]}LogGroup"
+
+
+def operations_parameters(stage: str) -> dict[str, Any]:
+    defaults = STAGE_OPERATIONS.get(stage, DEFAULT_OPERATIONS)
+    return {
+        "AlarmSubscriptionEndpoint": {
+            "Type": "String",
+            "Default": "",
+            "Description": "Where alarms are sent (an email address, an HTTPS URL...); empty: the topic only.",
+        },
+        "AlarmSubscriptionProtocol": {
+            "Type": "String",
+            "Default": "email",
+            "AllowedValues": list(ALARM_PROTOCOLS),
+            "Description": "The SNS protocol of AlarmSubscriptionEndpoint.",
+        },
+        "LogRetentionDays": {
+            "Type": "Number",
+            "Default": str(defaults.log_retention_days),
+            "AllowedValues": [str(days) for days in LOG_RETENTION_DAYS],
+            "Description": "How long every function's log group keeps its logs.",
+        },
+        "TracingEnabled": {
+            "Type": "String",
+            "Default": "true" if defaults.tracing else "false",
+            "AllowedValues": ["true", "false"],
+            "Description": "X-Ray tracing of the functions and the API stage.",
+        },
+        "AggregatorReservedConcurrency": {
+            "Type": "Number",
+            "Default": defaults.aggregator_concurrency,
+            "MinValue": 0,
+            "MaxValue": 1000,
+            "Description": "Concurrent aggregator invocations reserved and allowed (0: no reservation, else at "
+            "least 2); docs/operations.md explains the choice.",
+        },
+    }
+
+
+def operations_conditions() -> dict[str, Any]:
+    return {
+        TRACING_ON: {"Fn::Equals": [{"Ref": "TracingEnabled"}, "true"]},
+        HAS_SUBSCRIPTION: {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmSubscriptionEndpoint"}, ""]}]},
+        CONCURRENCY_RESERVED: {"Fn::Not": [{"Fn::Equals": [{"Ref": "AggregatorReservedConcurrency"}, 0]}]},
+    }
+
+
+def operations_rules() -> dict[str, Any]:
+    """What the parameters cannot say alone: an SQS event source's maximum concurrency is at least 2."""
+    return {
+        "AggregatorConcurrencyIsZeroOrAtLeastTwo": {
+            "Assertions": [
+                {
+                    "Assert": {"Fn::Not": [{"Fn::Equals": [{"Ref": "AggregatorReservedConcurrency"}, "1"]}]},
+                    "AssertDescription": "AggregatorReservedConcurrency is 0 (no reservation) or at least 2.",
+                }
+            ]
+        }
+    }
+
+
+def xray_policy() -> dict[str, Any]:
+    """Tracing's only grant, when tracing is on. X-Ray's write actions name no resource, so `*` is the only form."""
+    return {
+        "Fn::If": [
+            TRACING_ON,
+            {
+                "PolicyName": "XRayTraces",
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Sid": "XRay", "Effect": "Allow", "Action": list(XRAY_ACTIONS), "Resource": "*"}],
+                },
+            },
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+
+
+def metric(namespace: str, name: str, dimensions: dict[str, Any], stat: str, period: int) -> dict[str, Any]:
+    return {
+        "Namespace": namespace,
+        "MetricName": name,
+        "Dimensions": [{"Name": key, "Value": value} for key, value in dimensions.items()],
+        "Statistic": stat,
+        "Period": period,
+    }
+
+
+def alarm(description: str, watched: dict[str, Any], threshold: float, periods: int = 1) -> dict[str, Any]:
+    """An alarm on one metric above a threshold; missing data (no traffic) is not a breach."""
+    return {
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmDescription": description,
+            **watched,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "Threshold": threshold,
+            "EvaluationPeriods": periods,
+            "DatapointsToAlarm": periods,
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [{"Ref": ALARM_TOPIC}],
+            "OKActions": [{"Ref": ALARM_TOPIC}],
+        },
+    }
+
+
+def alarms(stage: str) -> dict[str, Any]:
+    """The alarms an operator needs: each on a metric the code emits or an AWS metric of a resource here."""
+    usage_queue = resource_name(QUEUES["usage"].base_name, stage)
+    dead_letters = resource_name(QUEUES["usage_dlq"].base_name, stage)
+    aggregator = {"FunctionName": function_name(stage, "aggregate_usage")}
+    api = {"ApiName": api_name(stage), "Stage": API_STAGE}
+
+    def api_metric(key: str, name: str) -> dict[str, Any]:
+        return {
+            "Id": key,
+            "ReturnData": False,
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": "AWS/ApiGateway",
+                    "MetricName": name,
+                    "Dimensions": [{"Name": k, "Value": v} for k, v in api.items()],
+                },
+                "Period": 300,
+                "Stat": "Sum",
+            },
+        }
+
+    return {
+        "DeadLetterQueueAlarm": alarm(
+            "Messages wait in the dead-letter queue: a batch or work item failed 5 times (the message says why). "
+            "Fix the cause and redrive it (docs/operations.md).",
+            metric("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": dead_letters}, "Maximum", 300),
+            0,
+        ),
+        "UsageQueueAgeAlarm": alarm(
+            f"The oldest usage message is over {QUEUE_AGE_ALARM_SECONDS} s old: the aggregator is failing, "
+            "throttled or too few for the load; summaries fall behind.",
+            metric("AWS/SQS", "ApproximateAgeOfOldestMessage", {"QueueName": usage_queue}, "Maximum", 60),
+            QUEUE_AGE_ALARM_SECONDS,
+            periods=3,
+        ),
+        "AggregatorErrorsAlarm": alarm(
+            "The aggregator raised (its whole batch comes back): see its log group.",
+            metric("AWS/Lambda", "Errors", aggregator, "Sum", 300),
+            0,
+        ),
+        "AggregatorThrottlesAlarm": alarm(
+            "The aggregator was throttled: its reserved concurrency, or the account's, is exhausted.",
+            metric("AWS/Lambda", "Throttles", aggregator, "Sum", 300),
+            0,
+        ),
+        "Api5xxAlarm": alarm(
+            f"Over {API_5XX_PERCENT}% of API requests answered 5xx in 5 minutes (at least "
+            f"{API_5XX_MIN_REQUESTS} requests).",
+            {
+                "Metrics": [
+                    api_metric("errors", "5XXError"),
+                    api_metric("requests", "Count"),
+                    {
+                        "Id": "percent",
+                        "Label": "5xx share (%)",
+                        "Expression": f"IF(requests >= {API_5XX_MIN_REQUESTS}, 100 * errors / requests, 0)",
+                        "ReturnData": True,
+                    },
+                ]
+            },
+            API_5XX_PERCENT,
+        ),
+        "ReconcileDriftAlarm": alarm(
+            "Reconciliation found rollups that differed from the raw events and repaired them: summaries were "
+            "wrong until then. The aggregator's logs name the repairs.",
+            metric(obs.NAMESPACE, obs.ROLLUPS_REPAIRED, {"service": obs.SERVICE}, "Sum", 600),
+            0,
+        ),
+    }
+
+
+def dashboard_body(stage: str) -> dict[str, Any]:
+    """Ingest rate, queue depth, aggregation lag and errors, on one page (`${AWS::Region}` left to Fn::Sub)."""
+    ns, service = obs.NAMESPACE, ("service", obs.SERVICE)
+    usage_queue = ("QueueName", resource_name(QUEUES["usage"].base_name, stage))
+    dead_letters = ("QueueName", resource_name(QUEUES["usage_dlq"].base_name, stage))
+    api = ("ApiName", api_name(stage), "Stage", API_STAGE)
+    region = "${AWS::Region}"
+
+    def own(name: str, **options: Any) -> list[Any]:
+        return [ns, name, *service, *([options] if options else [])]
+
+    def widget(title: str, metrics: list[Any], x: int, y: int, stat: str = "Sum", **extra: Any) -> dict[str, Any]:
+        props = {"title": title, "region": region, "view": "timeSeries", "stat": stat, "period": 60}
+        return {
+            "type": "metric",
+            "x": x,
+            "y": y,
+            "width": 12,
+            "height": 6,
+            "properties": {**props, "metrics": metrics, **extra},
+        }
+
+    routes = ",".join(("service", *obs.METRICS[obs.REQUESTS].breakdown))
+    by_route = f"SEARCH('{{{ns},{routes}}} MetricName=\"{obs.REQUESTS}\"', 'Sum', 60)"
+    functions = [["AWS/Lambda", "Errors", "FunctionName", function_name(stage, f)] for f in FUNCTIONS]
+    return {
+        "widgets": [
+            widget(
+                "Ingest rate (events per minute)",
+                [
+                    own(obs.EVENTS_ACCEPTED),
+                    own(obs.EVENTS_DUPLICATE),
+                    own(obs.EVENTS_REJECTED),
+                    own(obs.EVENTS_ROLLED_UP),
+                ],
+                0,
+                0,
+            ),
+            widget(
+                "Requests by endpoint, dialect and outcome",
+                [[{"expression": by_route, "id": "routes", "label": ""}]],
+                12,
+                0,
+            ),
+            widget(
+                "Queue depth (messages)",
+                [
+                    ["AWS/SQS", "ApproximateNumberOfMessagesVisible", *usage_queue, {"label": "usage: waiting"}],
+                    ["AWS/SQS", "ApproximateNumberOfMessagesNotVisible", *usage_queue, {"label": "usage: in flight"}],
+                    ["AWS/SQS", "ApproximateNumberOfMessagesVisible", *dead_letters, {"label": "dead-letter queue"}],
+                ],
+                0,
+                6,
+                stat="Maximum",
+            ),
+            widget(
+                "Aggregation lag",
+                [
+                    own(obs.AGGREGATION_LAG, stat="Maximum", label="sent to rolled up, max (ms)"),
+                    own(obs.AGGREGATION_LAG, stat="p99", label="sent to rolled up, p99 (ms)"),
+                    [
+                        "AWS/SQS",
+                        "ApproximateAgeOfOldestMessage",
+                        *usage_queue,
+                        {"stat": "Maximum", "yAxis": "right", "label": "oldest waiting (s)"},
+                    ],
+                ],
+                12,
+                6,
+                stat="Maximum",
+            ),
+            widget(
+                "Errors",
+                [
+                    *functions,
+                    ["AWS/Lambda", "Throttles", "FunctionName", function_name(stage, "aggregate_usage")],
+                    ["AWS/ApiGateway", "5XXError", *api],
+                    own(obs.ROLLUP_UNITS_POISONED),
+                    own(obs.MESSAGES_DEAD_LETTERED),
+                ],
+                0,
+                12,
+            ),
+            widget(
+                "Reconciliation and sweeping",
+                [own(obs.ROLLUPS_REPAIRED), own(obs.RECONCILE_ITEMS_PLANNED), own(obs.BATCHES_SWEPT)],
+                12,
+                12,
+            ),
+        ]
+    }
+
+
+def operations(stage: str, resources: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Alarms and their topic, log groups with retention, the dashboard, tracing and the aggregator's concurrency."""
+    resources[ALARM_TOPIC] = {
+        "Type": "AWS::SNS::Topic",
+        "Properties": {"TopicName": f"{APP_NAME}-{stage}-alarms", "DisplayName": f"{APP_NAME} {stage} alarms"},
+    }
+    resources["AlarmSubscription"] = {
+        "Type": "AWS::SNS::Subscription",
+        "Condition": HAS_SUBSCRIPTION,
+        "Properties": {
+            "TopicArn": {"Ref": ALARM_TOPIC},
+            "Protocol": {"Ref": "AlarmSubscriptionProtocol"},
+            "Endpoint": {"Ref": "AlarmSubscriptionEndpoint"},
+        },
+    }
+    resources.update(alarms(stage))
+    for function, logical in FUNCTIONS.items():
+        resources[log_group_id(function)] = {
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {
+                "LogGroupName": f"/aws/lambda/{function_name(stage, function)}",
+                "RetentionInDays": {"Ref": "LogRetentionDays"},
+            },
+        }
+        function_resource = resources[logical]
+        # The group exists before the function can write: otherwise Lambda creates it, with no retention.
+        function_resource["DependsOn"] = [*function_resource.get("DependsOn", []), log_group_id(function)]
+        function_resource["Properties"]["Tracing"] = {"Fn::If": [TRACING_ON, "Active", "PassThrough"]}
+        resources[role_id(function)]["Properties"]["Policies"].append(xray_policy())
+    resources[DASHBOARD] = {
+        "Type": "AWS::CloudWatch::Dashboard",
+        "Properties": {
+            "DashboardName": f"{APP_NAME}-{stage}",
+            "DashboardBody": {"Fn::Sub": json.dumps(dashboard_body(stage))},
+        },
+    }
+    api = resources[API]["Properties"]
+    api["Name"] = api_name(stage)
+    api["DefinitionBody"] = {"info": {"title": api_name(stage)}}  # merged into Chalice's: the same name
+    api["TracingEnabled"] = {"Fn::If": [TRACING_ON, True, False]}
+    aggregator = resources[AGGREGATOR]["Properties"]
+    reserved = {"Ref": "AggregatorReservedConcurrency"}
+    aggregator["ReservedConcurrentExecutions"] = {"Fn::If": [CONCURRENCY_RESERVED, reserved, {"Ref": "AWS::NoValue"}]}
+    # The event source never invokes past the reservation, so a burst waits in the queue instead of being
+    # throttled (a throttled message counts a receive and, at 5, would be dead-lettered).
+    aggregator["Events"][AGGREGATOR_EVENT]["Properties"]["ScalingConfig"] = {
+        "Fn::If": [CONCURRENCY_RESERVED, {"MaximumConcurrency": reserved}, {"Ref": "AWS::NoValue"}]
+    }
+    outputs["AlarmTopicArn"] = {"Value": {"Ref": ALARM_TOPIC}}
+    outputs["DashboardName"] = {"Value": {"Ref": DASHBOARD}}
+
+
 def merge_template(stage: str) -> dict[str, Any]:
     resources: dict[str, Any] = {}
     for logical, spec in TABLES.items():
@@ -343,7 +735,14 @@ def merge_template(stage: str) -> dict[str, Any]:
     parameters, method_settings = api_throttling(stage)
     resources[API] = {"Properties": {"MethodSettings": [method_settings]}}
     secrets_and_gateway_responses(stage, resources)
-    return {"Parameters": parameters, "Resources": resources, "Outputs": outputs}
+    operations(stage, resources, outputs)
+    return {
+        "Parameters": {**parameters, **operations_parameters(stage)},
+        "Conditions": operations_conditions(),
+        "Rules": operations_rules(),
+        "Resources": resources,
+        "Outputs": outputs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 from chalice.app import Blueprint, Chalice, Response
 from pydantic import BaseModel, ValidationError
 
-from chalicelib import jsonutil
+from chalicelib import jsonutil, observability
 from chalicelib.api.schemas import ErrorPublic
 from chalicelib.container import Container, get_container
 from chalicelib.domain.auth import hash_key
@@ -214,6 +214,7 @@ def request_id_of(request: Any) -> str:
 def log_request(
     request_id: str, method: str, route: str, status: int, organization_id: str | None, started: float
 ) -> None:
+    observability.record_request(status, time.monotonic() - started)
     log.info(
         "request",
         extra={
@@ -267,6 +268,7 @@ def endpoint(
             request = bp.current_request
             request_id = request_id_of(request)
             started = time.monotonic()
+            observability.bind_route(f"{request.method} {path}", dialect)  # the route template, not the raw path
             organization_id = None
             quota_headers: Mapping[str, str] = {}
             try:
@@ -440,6 +442,7 @@ def _edge_view(app: Chalice, owners: Sequence[PathOwner], path: str, served: Seq
                 error = MeteringError(ErrorCode.NOT_FOUND, "No resource exists at this path.")
             asked = requested_path(path, params, (request.context or {}).get("path"))
             dialect = owner_of(owners, asked, method)
+            observability.bind_route(observability.UNMATCHED, dialect)
             body = dialect.error_body(error, request_id)
             response = render(error.http_status, body, dialect.content_type, request_id, error_headers(error))
             if method == "HEAD":  # a HEAD answer has headers only

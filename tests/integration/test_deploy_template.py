@@ -13,23 +13,32 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import boto3
 import pytest
 
+from chalicelib import observability
+from chalicelib.container import Container
+from chalicelib.local.runtime import make_context, scheduled_event
 from chalicelib.storage import clients
+from chalicelib.storage.keys import rollup_pk
 from chalicelib.storage.schema import QUEUES, TABLES, resource_name
+from tests.conftest import auth
+from tests.e2e.flows import FailingQueue, drain
 from tools.deploy_template import (
     DEFAULT_THROTTLING,
     FUNCTIONS,
     PENDING_PREFIX,
     SQS_EVENT_SOURCE_ACTIONS,
+    STAGE_OPERATIONS,
     STAGE_THROTTLING,
     logical_id,
     merge_template,
     role_id,
+    xray_policy,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,8 +142,9 @@ def render(pattern: dict[str, str] | str) -> str:
 
 
 def role_statements(template: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    """The statements of a function's least-privilege policy (tracing's policy aside, tested on its own)."""
     policies = template["Resources"][FUNCTION_ROLES[function]]["Properties"]["Policies"]
-    assert len(policies) == 1
+    assert len(policies) == 2 and policies[1] == xray_policy()  # the second exists only when tracing is on
     statements: list[dict[str, Any]] = policies[0]["PolicyDocument"]["Statement"]
     return statements
 
@@ -448,3 +458,289 @@ def test_api_stage_is_throttled_with_parameters_defaulting_per_stage(template: d
         assert merged["ApiThrottlingRateLimit"]["Default"] == expected.rate_limit
         assert merged["ApiThrottlingBurstLimit"]["Default"] == expected.burst_limit
     assert prod.burst_limit >= prod.rate_limit
+
+
+# -- operations: alarms, their topic, log retention, the dashboard, tracing, aggregator concurrency ----------
+
+Emitted = set[tuple[str, str, frozenset[tuple[str, str]]]]  # (namespace, metric, dimension set with values)
+
+
+def emitted_metrics(text: str) -> Emitted:
+    """Every (namespace, metric, dimension name=value set) in the embedded-metric documents written."""
+    found: Emitted = set()
+    for line in text.splitlines():
+        if not (line.startswith("{") and '"_aws"' in line):
+            continue
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            for dimension_set in directive["Dimensions"]:
+                dims = frozenset((name, document[name]) for name in dimension_set)
+                for m in directive["Metrics"]:
+                    found.add((directive["Namespace"], m["Name"], dims))
+    return found
+
+
+@pytest.fixture
+def emitted(client: Any, container: Container, capsys: pytest.CaptureFixture[str]) -> Emitted:
+    """What the code emits through a real flow: ingest in two dialects, an unknown path, aggregation,
+    and a reconciliation that finds a rollup drifted behind the pipeline's back and repairs it."""
+    from app import app
+
+    headers = auth()
+    capsys.readouterr()
+    event = {"service_line_id": "LIN-26-084729", "meter": "talent.hours", "quantity": 2, "idempotency_key": "o-1"}
+    assert client.http.post("/v1/metering/events", headers=headers, body=json.dumps(event)).status_code == 201
+    assert client.http.post("/v1/metering/events", headers=headers, body=json.dumps(event)).status_code == 200
+    report = {"value": 2, "customerId": "ORG-26-090500", "meterName": "agent.runs"}
+    meter_usage = client.http.post(
+        "/v1/meter-usage", headers={**headers, "Idempotency-Key": "o-r1"}, body=json.dumps(report)
+    )
+    assert meter_usage.status_code == 202
+    assert client.http.get("/v1/no-such-thing/here", headers=headers).status_code == 404
+    batch = {"events": [{**event, "idempotency_key": "o-2"}, {**event, "meter": "no.such.meter"}]}
+    assert client.http.post("/v1/metering/events/batch", headers=headers, body=json.dumps(batch)).status_code == 200
+    queue = container.queue
+    container.queue = FailingQueue()  # type: ignore[assignment]
+    lost = {**event, "idempotency_key": "o-lost"}  # stored, its queue message lost: the sweeper sends it again
+    assert client.http.post("/v1/metering/events", headers=headers, body=json.dumps(lost)).status_code == 201
+    container.queue = queue
+    drain(app, container, lambda on: None)
+    today = container.clock().date().isoformat()
+    start = container.clock()
+    container.clock = lambda: start + timedelta(minutes=10)
+    app.handler_map["sweep_pending"](scheduled_event("sweep", "us-east-1"), make_context("s"))
+    drain(app, container, lambda on: None)
+    clients.dynamodb().update_item(  # drift: a rollup changed behind the pipeline's back
+        TableName=container.settings.rollups_table,
+        Key={"pk": {"S": rollup_pk("ORG-26-090500", "LIN-26-084729")}, "sk": {"S": f"D#{today}#talent.hours"}},
+        UpdateExpression="ADD quantity :q",
+        ExpressionAttributeValues={":q": {"N": "5"}},
+        ConditionExpression="attribute_exists(pk)",
+    )
+    container.clock = lambda: start + timedelta(minutes=20)  # past the reconciler's quiet period
+    app.handler_map["reconcile_rollups"](scheduled_event("reconcile", "us-east-1"), make_context("r"))
+    drain(app, container, lambda on: None)
+    return emitted_metrics(capsys.readouterr().out) | emitted_only_on_failures()
+
+
+def emitted_only_on_failures() -> Emitted:
+    """Metrics of failures a flow cannot cause without breaking DynamoDB (a poisoned rollup, a dead-lettered
+    message): each is declared in observability.METRICS and passed to `observability.count` by the workers,
+    which run outside any route, so they carry the `service` dimension set alone."""
+    source = (ROOT / "chalicelib" / "workers" / "pipeline.py").read_text()
+    found: Emitted = set()
+    for constant in ("ROLLUP_UNITS_POISONED", "MESSAGES_DEAD_LETTERED"):
+        assert f"observability.count(observability.{constant}," in source, constant
+        name = getattr(observability, constant)
+        assert observability.METRICS[name].dimension_sets == (("service",),)
+        found.add((observability.NAMESPACE, name, frozenset({("service", observability.SERVICE)})))
+    return found
+
+
+def metric_stats(alarm_props: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics an alarm reads: its one metric, or each MetricStat of its metric math."""
+    if "MetricName" in alarm_props:
+        return [
+            {
+                "Namespace": alarm_props["Namespace"],
+                "MetricName": alarm_props["MetricName"],
+                "Dimensions": alarm_props.get("Dimensions", []),
+            }
+        ]
+    return [q["MetricStat"]["Metric"] for q in alarm_props["Metrics"] if "MetricStat" in q]
+
+
+def aws_resource_dimensions(template: dict[str, Any]) -> dict[str, set[str]]:
+    """The AWS metric dimensions that name a resource of this template, and the names they may take."""
+    resources = template["Resources"]
+    api = resources["RestAPI"]["Properties"]
+    return {
+        "QueueName": {r["Properties"]["QueueName"] for r in resources_of(template, "AWS::SQS::Queue").values()},
+        "FunctionName": {
+            r["Properties"]["FunctionName"] for r in resources_of(template, "AWS::Serverless::Function").values()
+        },
+        "ApiName": {api["Name"]},
+        "Stage": {api["StageName"]},
+    }
+
+
+def check_metric(namespace: str, name: str, dims: dict[str, str], template: dict[str, Any], emitted: Emitted) -> None:
+    """A metric an alarm or widget reads is one the code emits (namespace, name, dimensions and their values),
+    or an AWS metric of a resource of this template."""
+    if namespace == observability.NAMESPACE:
+        assert (namespace, name, frozenset(dims.items())) in emitted, (name, dims)
+        return
+    known = aws_resource_dimensions(template)
+    assert namespace in {"AWS/SQS", "AWS/Lambda", "AWS/ApiGateway"}, namespace
+    assert dims, f"{namespace} {name} names no resource"
+    for key, value in dims.items():
+        assert value in known[key], (namespace, name, key, value)
+
+
+def test_the_code_emits_metrics_by_endpoint_dialect_and_outcome(emitted: Emitted) -> None:
+    ns, service = observability.NAMESPACE, ("service", observability.SERVICE)
+
+    def has(name: str, **dims: str) -> bool:
+        return (ns, name, frozenset({service, *dims.items()})) in emitted
+
+    native = {"endpoint": "POST /v1/metering/events", "dialect": "native"}
+    assert has("EventsAccepted") and has("EventsAccepted", **native) and has("EventsDuplicate", **native)
+    assert has("EventsAccepted", endpoint="POST /v1/meter-usage", dialect="meter_api")
+    assert has("Requests", **native, outcome="success") and has("RequestLatency", **native)
+    assert has("Requests", endpoint="unmatched", dialect="native", outcome="client_error")
+    assert has("EventsRejected", **native | {"endpoint": "POST /v1/metering/events/batch"})
+    assert has("EventsRolledUp") and has("AggregationLag") and has("RollupsRepaired") and has("BatchesSwept")
+    # the endpoint is the route template: no raw path ever becomes a dimension value
+    endpoints = {v for _, _, dims in emitted for k, v in dims if k == "endpoint"}
+    assert "GET /v1/no-such-thing/here" not in endpoints and all(
+        e.split()[0].isupper() or e == "unmatched" for e in endpoints
+    )
+    for _, name, dims in emitted:  # every metric is declared, with exactly its declared dimension sets
+        assert tuple(sorted(k for k, _ in dims)) in {
+            tuple(sorted(s)) for s in observability.METRICS[name].dimension_sets
+        }
+
+
+def test_each_alarm_watches_a_metric_the_code_emits_or_a_resource_of_the_template(
+    template: dict[str, Any], emitted: Emitted
+) -> None:
+    alarms = resources_of(template, "AWS::CloudWatch::Alarm")
+    watched = set()
+    for alarm in alarms.values():
+        for m in metric_stats(alarm["Properties"]):
+            dims = {d["Name"]: d["Value"] for d in m["Dimensions"]}
+            check_metric(m["Namespace"], m["MetricName"], dims, template, emitted)
+            watched.add((m["Namespace"], m["MetricName"], tuple(sorted(dims.items()))))
+
+    def prod(base: str) -> str:
+        return resource_name(base, "prod")
+
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", (("QueueName", prod("metering-usage-dlq")),)) in watched
+    assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", (("QueueName", prod("metering-usage")),)) in watched
+    aggregator = (("FunctionName", "usage-metering-prod-aggregate_usage"),)
+    assert {("AWS/Lambda", "Errors", aggregator), ("AWS/Lambda", "Throttles", aggregator)} <= watched
+    api = (("ApiName", "usage-metering-prod"), ("Stage", "api"))
+    assert {("AWS/ApiGateway", "5XXError", api), ("AWS/ApiGateway", "Count", api)} <= watched
+    assert ("UsageMetering", "RollupsRepaired", (("service", "usage-metering"),)) in watched
+    # the 5xx alarm is a rate: errors over requests, once there are enough requests to mean something
+    expression = next(q["Expression"] for q in alarms["Api5xxAlarm"]["Properties"]["Metrics"] if q.get("ReturnData"))
+    assert "errors / requests" in expression
+
+
+def test_every_alarm_notifies_the_topic_whose_subscription_is_a_parameter(template: dict[str, Any]) -> None:
+    topics = resources_of(template, "AWS::SNS::Topic")
+    assert list(topics) == ["AlarmTopic"]
+    alarms = resources_of(template, "AWS::CloudWatch::Alarm")
+    assert len(alarms) == 6
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}] and props["OKActions"] == [{"Ref": "AlarmTopic"}]
+        assert props["TreatMissingData"] == "notBreaching"
+    (subscription,) = resources_of(template, "AWS::SNS::Subscription").values()
+    assert subscription["Properties"] == {
+        "TopicArn": {"Ref": "AlarmTopic"},
+        "Protocol": {"Ref": "AlarmSubscriptionProtocol"},
+        "Endpoint": {"Ref": "AlarmSubscriptionEndpoint"},
+    }
+    # no endpoint given: the topic exists, nobody is subscribed (an empty endpoint would fail the deploy)
+    condition = template["Conditions"][subscription["Condition"]]
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmSubscriptionEndpoint"}, ""]}]}
+    params = template["Parameters"]
+    assert params["AlarmSubscriptionEndpoint"]["Default"] == ""
+    assert "email" in params["AlarmSubscriptionProtocol"]["AllowedValues"]
+    assert template["Outputs"]["AlarmTopicArn"]["Value"] == {"Ref": "AlarmTopic"}
+
+
+def test_every_function_has_a_log_group_with_retention_created_before_it(template: dict[str, Any]) -> None:
+    groups = {
+        g["Properties"]["LogGroupName"]: (logical, g["Properties"])
+        for logical, g in resources_of(template, "AWS::Logs::LogGroup").items()
+    }
+    functions = resources_of(template, "AWS::Serverless::Function")
+    assert len(groups) == len(functions) == len(FUNCTIONS)
+    for function in functions.values():
+        logical, props = groups[f"/aws/lambda/{function['Properties']['FunctionName']}"]
+        assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert logical in function["DependsOn"]
+    assert "QueueUsage" in template["Resources"]["AggregateUsage"]["DependsOn"]  # kept beside the log group
+    param = template["Parameters"]["LogRetentionDays"]
+    assert int(param["Default"]) == STAGE_OPERATIONS["prod"].log_retention_days
+    assert param["Default"] in param["AllowedValues"] and "3653" in param["AllowedValues"]
+    assert merge_template("dev")["Parameters"]["LogRetentionDays"]["Default"] == "14"
+
+
+def dashboard(template: dict[str, Any]) -> dict[str, Any]:
+    (board,) = resources_of(template, "AWS::CloudWatch::Dashboard").values()
+    body: dict[str, Any] = json.loads(
+        board["Properties"]["DashboardBody"]["Fn::Sub"].replace("${AWS::Region}", "us-east-1")
+    )
+    return body
+
+
+def test_dashboard_widgets_read_metrics_the_code_emits_or_resources_of_the_template(
+    template: dict[str, Any], emitted: Emitted
+) -> None:
+    widgets = dashboard(template)["widgets"]
+    titles = [w["properties"]["title"] for w in widgets]
+    for topic in ("Ingest rate", "Queue depth", "Aggregation lag", "Errors"):
+        assert any(t.startswith(topic) for t in titles), topic
+    read = set()
+    for widget in widgets:
+        assert widget["properties"]["region"] == "us-east-1"
+        for entry in widget["properties"]["metrics"]:
+            if isinstance(entry[0], dict):  # a SEARCH over an emitted metric's dimension schema
+                expression = entry[0]["expression"]
+                found = re.fullmatch(r"SEARCH\('\{([^}]*)\} MetricName=\"(\w+)\"', '\w+', \d+\)", expression)
+                assert found, expression
+                namespace, *dimension_names = found.group(1).split(",")
+                assert any(
+                    ns == namespace and name == found.group(2) and {k for k, _ in dims} == set(dimension_names)
+                    for ns, name, dims in emitted
+                ), expression
+                read.add(found.group(2))
+                continue
+            namespace, name, *rest = entry
+            pairs = [x for x in rest if not isinstance(x, dict)]
+            dims = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            check_metric(namespace, name, dims, template, emitted)
+            read.add(name)
+    assert {"EventsAccepted", "ApproximateNumberOfMessagesVisible", "AggregationLag", "Errors", "Requests"} <= read
+
+
+def test_tracing_is_a_stage_option_with_its_grant_only_when_on(template: dict[str, Any]) -> None:
+    params = template["Parameters"]
+    assert params["TracingEnabled"]["AllowedValues"] == ["true", "false"]
+    assert params["TracingEnabled"]["Default"] == "true"  # prod
+    assert merge_template("dev")["Parameters"]["TracingEnabled"]["Default"] == "false"
+    assert template["Conditions"]["TracingOn"] == {"Fn::Equals": [{"Ref": "TracingEnabled"}, "true"]}
+    for function in resources_of(template, "AWS::Serverless::Function").values():
+        assert function["Properties"]["Tracing"] == {"Fn::If": ["TracingOn", "Active", "PassThrough"]}
+    assert template["Resources"]["RestAPI"]["Properties"]["TracingEnabled"] == {"Fn::If": ["TracingOn", True, False]}
+    for function in FUNCTIONS:
+        policies = template["Resources"][FUNCTION_ROLES[function]]["Properties"]["Policies"]
+        condition, when_on, when_off = policies[1]["Fn::If"]
+        assert condition == "TracingOn" and when_off == {"Ref": "AWS::NoValue"}
+        (statement,) = when_on["PolicyDocument"]["Statement"]
+        # X-Ray's write actions take no resource ARN: `*` with exactly these two actions
+        assert statement["Action"] == ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+        assert statement["Resource"] == "*"
+
+
+def test_aggregator_concurrency_is_a_stage_setting_its_event_source_never_exceeds(template: dict[str, Any]) -> None:
+    param = template["Parameters"]["AggregatorReservedConcurrency"]
+    assert param["Default"] == STAGE_OPERATIONS["prod"].aggregator_concurrency >= 2
+    assert merge_template("dev")["Parameters"]["AggregatorReservedConcurrency"]["Default"] == 0
+    props = template["Resources"]["AggregateUsage"]["Properties"]
+    reserved = {"Ref": "AggregatorReservedConcurrency"}
+    assert props["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["AggregatorConcurrencyReserved", reserved, {"Ref": "AWS::NoValue"}]
+    }
+    scaling = props["Events"]["AggregateUsageSqsEventSource"]["Properties"]["ScalingConfig"]
+    assert scaling == {
+        "Fn::If": ["AggregatorConcurrencyReserved", {"MaximumConcurrency": reserved}, {"Ref": "AWS::NoValue"}]
+    }
+    assert template["Conditions"]["AggregatorConcurrencyReserved"] == {"Fn::Not": [{"Fn::Equals": [reserved, 0]}]}
+    (rule,) = template["Rules"].values()
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [reserved, "1"]}]}
+    others = [f for f in resources_of(template, "AWS::Serverless::Function") if f != "AggregateUsage"]
+    assert all("ReservedConcurrentExecutions" not in template["Resources"][f]["Properties"] for f in others)
