@@ -9,6 +9,8 @@ from uuid import UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from chalicelib.domain.aggregation import AGGREGATIONS, MAX_GROUP_KEYS
+
 ProductLine = Literal["talent", "managed_services", "ods", "infrastructure", "intelligence", "agent_gateway"]
 PRODUCT_LINES: tuple[str, ...] = (
     "talent",
@@ -51,11 +53,39 @@ class Meter(Frozen):
     product_lines: tuple[ProductLine, ...]
     description: str
     status: Literal["ACTIVE", "ARCHIVED"] = "ACTIVE"
-    group_keys: tuple[str, ...] = ()
+    aggregation: str = "sum"
+    value_property: str | None = None
+    group_by: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_group_keys(cls, data: Any) -> Any:
+        """A meter stored before group_by was named group_keys reads as group_by."""
+        if isinstance(data, dict) and "group_keys" in data:
+            renamed = {k: v for k, v in data.items() if k != "group_keys"}
+            renamed.setdefault("group_by", data["group_keys"])
+            return renamed
+        return data
+
+    @model_validator(mode="after")
+    def _check_aggregation(self) -> Meter:
+        """A known aggregation; unique_count names its metadata property; at most 2 distinct group_by keys."""
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+        if AGGREGATIONS[self.aggregation].needs_value_property != (self.value_property is not None):
+            raise ValueError("value_property is required for unique_count and only for it")
+        if len(self.group_by) > MAX_GROUP_KEYS or len(set(self.group_by)) != len(self.group_by):
+            raise ValueError(f"group_by names at most {MAX_GROUP_KEYS} distinct metadata keys")
+        return self
 
     @property
     def active(self) -> bool:
         return self.status == "ACTIVE"
+
+    @property
+    def group_keys(self) -> tuple[str, ...]:
+        """The metadata keys usage of this meter can be grouped by (the same as group_by)."""
+        return self.group_by
 
 
 # How a service line's work is carried out. Document 001 gates "every execution_model and product_line

@@ -5,15 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import simplejson
 
-from chalicelib.domain.models import UsageEvent
+from chalicelib.domain.aggregation import (
+    EMPTY,
+    NO_GROUP,
+    OTHER_GROUP,
+    Contribution,
+    RollupState,
+    aggregation_of,
+    fold,
+    group_text,
+    group_value_of,
+)
+from chalicelib.domain.models import Meter, UsageEvent, instant
 from chalicelib.errors import validation_error
 
 # Limits a caller meets (documented in the README).
@@ -254,7 +265,8 @@ def hour_of(moment: datetime) -> str:
 
 @dataclass(frozen=True, order=True)
 class RollupKey:
-    """One rollup: a day (by period_date) or an hour (by event time) of an organization's line's meter."""
+    """One rollup: a day (by period_date) or an hour (by event time) of an organization's line's meter,
+    either of all its usage or (with group_key) of the usage whose metadata has one group value."""
 
     organization_id: str
     service_line_id: str
@@ -262,17 +274,42 @@ class RollupKey:
     grain: str  # "D" or "H"
     period_date: str
     hour: str = ""
+    group_key: str = ""
+    group_value: str = ""
+
+    @property
+    def grouped(self) -> bool:
+        return bool(self.group_key)
+
+    def ungrouped(self) -> RollupKey:
+        return RollupKey(
+            self.organization_id, self.service_line_id, self.meter, self.grain, self.period_date, self.hour
+        )
+
+    def slot(self) -> GroupSlot:
+        """The group values register this grouped rollup's value is admitted in."""
+        return GroupSlot(self.organization_id, self.service_line_id, self.meter, self.group_key, self.period_date)
 
 
-@dataclass
-class RollupDelta:
-    quantity: Decimal
-    event_count: int
+@dataclass(frozen=True, order=True)
+class GroupSlot:
+    """Where the distinct values of one group key are bounded: a line's meter's key on one period_date."""
+
+    organization_id: str
+    service_line_id: str
+    meter: str
+    group_key: str
+    period_date: str
+
+
+# The cells of a rollup (the name RollupDelta is kept: a chunk's contribution is a state too).
+RollupDelta = RollupState
 
 
 @dataclass(frozen=True)
 class CountableEvent:
-    """What rolling up needs of an event."""
+    """What rolling up needs of an event: where it counts, its quantity and, for its meter's aggregation,
+    its order (event time, id), its unique_count value and its group values (key, value text)."""
 
     id: str
     organization_id: str
@@ -281,10 +318,22 @@ class CountableEvent:
     quantity: Decimal
     period_date: str
     hour: str
+    aggregation: str = "sum"
+    order: str = ""
+    unique: str | None = None
+    groups: tuple[tuple[str, str], ...] = ()
+
+    def contribution(self) -> RollupState:
+        return aggregation_of(self.aggregation).contribution(Contribution(self.quantity, self.order, self.unique))
 
 
-def countable(event: UsageEvent) -> CountableEvent:
-    """What rolling up needs of a stored event."""
+def countable(event: UsageEvent, meter: Meter | None = None) -> CountableEvent:
+    """What rolling up needs of a stored event under its meter's definition (without one: a plain sum)."""
+    aggregation = meter.aggregation if meter is not None else "sum"
+    unique = None
+    if meter is not None and meter.value_property is not None and meter.value_property in event.metadata:
+        unique = group_text(event.metadata[meter.value_property])
+    groups = tuple((key, group_value_of(event.metadata, key)) for key in (meter.group_by if meter else ()))
     return CountableEvent(
         id=event.id,
         organization_id=event.organization_id,
@@ -293,25 +342,59 @@ def countable(event: UsageEvent) -> CountableEvent:
         quantity=event.quantity,
         period_date=event.period_date.isoformat(),
         hour=hour_of(event.event_time),
+        aggregation=aggregation,
+        order=f"{instant(event.event_time)}#{event.id}",
+        unique=unique,
+        groups=groups,
     )
 
 
-def rollup_keys(event: CountableEvent) -> tuple[RollupKey, RollupKey]:
-    return (
-        RollupKey(event.organization_id, event.service_line_id, event.meter, "D", event.period_date),
-        RollupKey(event.organization_id, event.service_line_id, event.meter, "H", event.period_date, event.hour),
+def rollup_keys(event: CountableEvent) -> tuple[RollupKey, ...]:
+    """The rollups an event counts in: its day and hour, and its day and hour of each group value."""
+    org, line, meter, day, hour = (
+        event.organization_id,
+        event.service_line_id,
+        event.meter,
+        event.period_date,
+        event.hour,
     )
+    keys = [RollupKey(org, line, meter, "D", day), RollupKey(org, line, meter, "H", day, hour)]
+    for group_key, group_value in event.groups:
+        keys.append(RollupKey(org, line, meter, "D", day, "", group_key, group_value))
+        keys.append(RollupKey(org, line, meter, "H", day, hour, group_key, group_value))
+    return tuple(keys)
 
 
-def coalesce(events: Iterable[CountableEvent]) -> dict[RollupKey, RollupDelta]:
-    """One delta per distinct rollup key: exact decimal sums and counts."""
-    deltas: dict[RollupKey, RollupDelta] = {}
+def coalesce(events: Iterable[CountableEvent]) -> dict[RollupKey, RollupState]:
+    """One state per distinct rollup key: exact decimal sums and counts, and the meter's join cells."""
+    states: dict[RollupKey, RollupState] = {}
     for event in events:
+        contribution = event.contribution()
         for rk in rollup_keys(event):
-            delta = deltas.setdefault(rk, RollupDelta(Decimal(0), 0))
-            delta.quantity += event.quantity
-            delta.event_count += 1
-    return deltas
+            states[rk] = fold(states.get(rk, EMPTY), contribution)
+    return states
+
+
+def group_values(states: Iterable[RollupKey]) -> dict[GroupSlot, set[str]]:
+    """The metadata values (not NO_GROUP nor OTHER_GROUP) each group slot of these rollups asks to keep."""
+    asked: dict[GroupSlot, set[str]] = {}
+    for rk in states:
+        if rk.grouped and rk.group_value not in (NO_GROUP, OTHER_GROUP):
+            asked.setdefault(rk.slot(), set()).add(rk.group_value)
+    return asked
+
+
+def route(
+    states: Mapping[RollupKey, RollupState], admitted: Mapping[GroupSlot, Set[str]]
+) -> dict[RollupKey, RollupState]:
+    """The states with every group value that is not admitted in its slot folded into OTHER_GROUP."""
+    routed: dict[RollupKey, RollupState] = {}
+    for rk, state in states.items():
+        target = rk
+        if rk.grouped and rk.group_value != NO_GROUP and rk.group_value not in admitted.get(rk.slot(), ()):
+            target = replace(rk, group_value=OTHER_GROUP)
+        routed[target] = fold(routed.get(target, EMPTY), state)
+    return routed
 
 
 def chunk_events(events: Iterable[CountableEvent], max_keys: int) -> list[list[CountableEvent]]:
@@ -331,3 +414,43 @@ def chunk_events(events: Iterable[CountableEvent], max_keys: int) -> list[list[C
     if current:
         chunks.append(current)
     return chunks
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A stored rollup: its cells, and the version every change bumps."""
+
+    key: RollupKey
+    state: RollupState
+    version: int
+    updated_at: str
+
+    @property
+    def quantity(self) -> Decimal:
+        return self.state.quantity
+
+    @property
+    def event_count(self) -> int:
+        return self.state.event_count
+
+
+@dataclass
+class ApplyUnit:
+    """One chunk of one batch: its marker, its rollup states (group values routed), whether it closes the batch."""
+
+    batch_id: str
+    chunk_index: int
+    organization_id: str
+    event_ids: tuple[str, ...]
+    deltas: dict[RollupKey, RollupState]
+
+
+@dataclass
+class ApplyReport:
+    """What became of each unit: applied, applied before, failed for now (retry), or poisoned (never applies)."""
+
+    applied: list[ApplyUnit] = field(default_factory=list)
+    already_applied: list[ApplyUnit] = field(default_factory=list)
+    failed: list[ApplyUnit] = field(default_factory=list)
+    poisoned: list[tuple[ApplyUnit, str]] = field(default_factory=list)
+    transactions: int = 0

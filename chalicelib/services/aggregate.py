@@ -2,24 +2,80 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import ValidationError
 
-from chalicelib.domain.pipeline import BatchMessage, ReconcileMessage
-from chalicelib.domain.usage import CountableEvent, chunk_events, coalesce, countable
-from chalicelib.services import reconcile
-from chalicelib.services.ingest import MessageQueue
-from chalicelib.storage.events_repo import DynamoEventStore, archive_slot
-from chalicelib.storage.rollups_repo import MAX_TRANSACTION_ACTIONS, ApplyUnit, DynamoRollupStore
+from chalicelib import catalog as catalog_data
+from chalicelib.domain.aggregation import RollupState
+from chalicelib.domain.models import Meter, UsageEvent
+from chalicelib.domain.pipeline import BatchMessage, ReconcileMessage, archive_slot
+from chalicelib.domain.usage import (
+    ApplyUnit,
+    CountableEvent,
+    RollupKey,
+    chunk_events,
+    coalesce,
+    countable,
+    group_values,
+    route,
+)
+from chalicelib.services.ports import EventStore, MessageQueue, RollupStore
 
 log = logging.getLogger("usage-metering.aggregate")
 
 # A chunk touches at most this many rollups, so its marker and rollups fit one transaction.
-MAX_ROLLUPS_PER_CHUNK = MAX_TRANSACTION_ACTIONS - 2
+MAX_ROLLUPS_PER_CHUNK = 100 - 2  # DynamoDB's TransactWriteItems takes 100 actions
+# The definition of a meter by id (its aggregation, value property and group keys).
+MeterLookup = Callable[[str], Meter | None]
+
+
+@functools.cache
+def _platform_meters() -> dict[str, Meter]:
+    return {m.id: m for m in (Meter.model_validate(raw) for raw in catalog_data.read("meters"))}
+
+
+def platform_meter(meter_id: str) -> Meter | None:
+    """A platform meter's definition from the catalog data (what load_platform_catalog writes)."""
+    return _platform_meters().get(meter_id)
+
+
+def countable_events(events: Iterable[UsageEvent], meters: MeterLookup) -> list[CountableEvent]:
+    """Stored events as rolling up sees them, each under its meter's aggregation and group keys."""
+    return [countable(event, meters(event.meter)) for event in events]
+
+
+def routed(states: dict[RollupKey, RollupState], rollups: RollupStore) -> dict[RollupKey, RollupState]:
+    """States with their group values admitted in the store's registers, the rest under OTHER_GROUP."""
+    asked = group_values(states)
+    if not asked:
+        return states
+    return route(states, rollups.admit_groups(asked))
+
+
+def recompute(
+    counted: Iterable[UsageEvent], stored: Iterable[UsageEvent], meters: MeterLookup, rollups: RollupStore
+) -> dict[RollupKey, RollupState]:
+    """What the rollups of some events should hold: additive cells from the counted events (those the
+    markers say were added), join cells from every stored event (joins are applied before the marker,
+    at least once, so a stored event's join may already be in). For reconciliation."""
+    additive = coalesce(countable_events(counted, meters))
+    joins = coalesce(countable_events(stored, meters))
+    states: dict[RollupKey, RollupState] = {}
+    for rk in set(additive) | set(joins):
+        a = additive.get(rk)
+        j = joins.get(rk)
+        merged = a.additive() if a is not None else RollupState()
+        if j is not None and j.has_joins:
+            merged = RollupState(merged.quantity, merged.event_count, j.maximum, j.minimum, j.latest, j.values)
+        states[rk] = merged
+    return routed(states, rollups)
+
+
 # A message that keeps failing goes to the dead-letter queue on this delivery.
 MAX_DELIVERIES = 5
 
@@ -50,8 +106,11 @@ class PoisonMessage(Exception):
     """A message that can never be applied: it goes to the dead-letter queue after a few tries."""
 
 
-def plan_units(message: BatchMessage, events: DynamoEventStore) -> list[ApplyUnit]:
-    """The chunks of a batch to apply, from the events as stored (deterministic for a batch)."""
+def plan_units(
+    message: BatchMessage, events: EventStore, rollups: RollupStore, meters: MeterLookup = platform_meter
+) -> list[ApplyUnit]:
+    """The chunks of a batch to apply, from the events as stored (deterministic for a batch); group values
+    past their slot's bound are routed to OTHER_GROUP (admission, once decided, never changes)."""
     found = events.get_many(message.org, (slot for slot, _ in message.events))
     moved = [event_id for slot, event_id in message.events if slot in found and found[slot].id != event_id]
     if moved:  # a key reused after 48 hours: the original was moved aside
@@ -66,7 +125,7 @@ def plan_units(message: BatchMessage, events: DynamoEventStore) -> list[ApplyUni
         if event is None or event.id != event_id or event.batch_id != message.batch:
             missing.append(event_id)
             continue
-        counted.append(countable(event))
+        counted.append(countable(event, meters(event.meter)))
     if missing and message.origin == "ingest":
         raise PoisonMessage(f"events {', '.join(missing[:5])} of batch {message.batch} do not exist")
     if missing:
@@ -78,7 +137,7 @@ def plan_units(message: BatchMessage, events: DynamoEventStore) -> list[ApplyUni
             chunk_index=index,
             organization_id=message.org,
             event_ids=tuple(e.id for e in chunk),
-            deltas=coalesce(chunk),
+            deltas=routed(coalesce(chunk), rollups),
         )
         for index, chunk in enumerate(chunks)
     ]
@@ -86,12 +145,15 @@ def plan_units(message: BatchMessage, events: DynamoEventStore) -> list[ApplyUni
 
 def aggregate(
     deliveries: Sequence[Delivery],
-    events: DynamoEventStore,
-    rollups: DynamoRollupStore,
+    events: EventStore,
+    rollups: RollupStore,
     dead_letters: MessageQueue,
     now: datetime,
+    meters: MeterLookup = platform_meter,
 ) -> AggregateResult:
     """Apply a batch of messages; returns the ids of messages to deliver again."""
+    from chalicelib.services import reconcile  # reconcile uses recompute() from here
+
     result = AggregateResult()
     units_of: dict[str, list[ApplyUnit]] = {}
     batch_of: dict[str, str] = {}
@@ -120,7 +182,7 @@ def aggregate(
                 message = BatchMessage.model_validate_json(delivery.body)
             except ValidationError as exc:
                 raise PoisonMessage(f"unreadable body: {exc.errors(include_url=False)[0]['msg']}") from None
-            units_of[delivery.message_id] = plan_units(message, events)
+            units_of[delivery.message_id] = plan_units(message, events, rollups, meters)
             batch_of[delivery.message_id] = message.batch
         except PoisonMessage as poison:
             give_up_or_retry(delivery, str(poison), batch_of.get(delivery.message_id) or _batch_in(delivery.body))

@@ -13,6 +13,10 @@ Rollups table
 - ``R#<org>#<line>`` / ``D#<period_date>#<meter>``: a day rollup.
 - ``R#<org>#<line>`` / ``H#<hour>#<meter>#<period_date>``: an hour rollup, listed by the ``by_period``
   index under ``<org>#<line>#<period_date>`` / ``<meter>#<hour>``.
+- ``R#<org>#<line>`` / ``GD#<meter>#<group key>#<period_date>#<value>`` and
+  ``GH#<meter>#<group key>#<hour>#<period_date>#<value>``: day and hour rollups of one group value
+  (also listed by ``by_period``, under ``<meter>#<D|H><hour>#<group key>#<value>``).
+- ``R#<org>#<line>`` / ``V#<period_date>#<meter>#<group key>``: the admitted values of a group key.
 - ``APPLIED#<batch id>`` / ``<chunk index>``: the marker of an applied chunk.
 
 Catalog table
@@ -22,6 +26,8 @@ Catalog table
 """
 
 from __future__ import annotations
+
+import hashlib
 
 # -- events --------------------------------------------------------------------
 
@@ -87,6 +93,41 @@ def period_index_pk(organization_id: str, line_id: str, period_date: str) -> str
 
 def period_index_sk(meter: str, hour: str) -> str:
     return f"{meter}#{hour}"
+
+
+def group_token(group_value: str) -> str:
+    """A group value as it ends a sort key: itself, or its SHA-256 when long (sort keys hold 1,024 bytes)."""
+    if len(group_value.encode("utf-8")) <= 200:
+        return group_value
+    return "#sha256:" + hashlib.sha256(group_value.encode("utf-8")).hexdigest()
+
+
+def group_day_rollup_sk(meter: str, group_key: str, period_date: str, group_value: str) -> str:
+    return f"GD#{meter}#{group_key}#{period_date}#{group_token(group_value)}"
+
+
+def group_day_range(meter: str, group_key: str, first: str, last: str) -> tuple[str, str]:
+    """BETWEEN bounds of the group day rollups of a meter's key with first <= period_date <= last."""
+    return f"GD#{meter}#{group_key}#{first}#", f"GD#{meter}#{group_key}#{last}$"
+
+
+def group_hour_rollup_sk(meter: str, group_key: str, hour: str, period_date: str, group_value: str) -> str:
+    return f"GH#{meter}#{group_key}#{hour}#{period_date}#{group_token(group_value)}"
+
+
+def group_hour_range(meter: str, group_key: str, start_hour: str, end_hour: str) -> tuple[str, str]:
+    """BETWEEN bounds of the group hour rollups of a meter's key with start_hour <= hour < end_hour."""
+    return f"GH#{meter}#{group_key}#{start_hour}#", f"GH#{meter}#{group_key}#{end_hour}#"
+
+
+def group_index_sk(meter: str, grain: str, hour: str, group_key: str, group_value: str) -> str:
+    """The ``by_period`` sort key of a group rollup (day or hour)."""
+    return f"{meter}#{grain}{hour}#{group_key}#{group_token(group_value)}"
+
+
+def group_register_sk(period_date: str, meter: str, group_key: str) -> str:
+    """The register of the admitted values of a line's meter's group key on one period_date."""
+    return f"V#{period_date}#{meter}#{group_key}"
 
 
 def marker_pk(batch_id: str) -> str:

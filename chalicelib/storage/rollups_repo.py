@@ -1,14 +1,20 @@
-"""Rollups and applied-markers over DynamoDB: the exactly-once half of the pipeline.
+"""Rollups, group value registers and applied-markers over DynamoDB: the exactly-once half of the pipeline.
 
-Rollups (pk ``R#<organization>#<service line>``, formats in ``storage/keys.py``):
-- day:  sk ``D#<period_date>#<meter>``
-- hour: sk ``H#<YYYY-MM-DDTHH>#<meter>#<period_date>`` (event-time hour; the
-  period_date in the key lets reconciliation recompute it from one day's events),
-  listed per (organization, line, period_date) by the sparse ``by_period`` index.
-Markers (pk ``APPLIED#<batch id>``, sk ``<chunk index>``) hold the event ids a
-chunk added. A chunk's marker is put (if absent) in the same transaction that
-adds the chunk to its rollups, so a chunk is counted once however often its
-message is delivered. Once every chunk of a batch is in, its pending record is deleted.
+Rollups (pk ``R#<organization>#<service line>``, every format in ``storage/keys.py``): a day rollup
+(by period_date) and an hour rollup (by event-time hour, with the period_date in its key so that
+reconciliation recomputes it from one day's events) per meter, and the same per group value for
+a meter's group_by keys. Every rollup has the additive cells ``quantity`` and ``event_count``; a
+meter whose aggregation keeps a join cell adds it: ``max_q``, ``min_q``, ``latest_at`` +
+``latest_q``, or the string set ``uniq`` (chalicelib/domain/aggregation.py).
+
+Applying a unit (one chunk of one batch) is two steps:
+1. its join cells, each with one conditional UpdateItem that only ever moves the cell up the join
+   (a higher max, a lower min, a later latest, more values): idempotent, so applied at least once,
+   on every delivery; a failed condition means "already there", never an error;
+2. its applied marker ``APPLIED#<batch>/<chunk>`` put if absent, in one transaction with an ``ADD``
+   of its additive cells: exactly once. Join cells never join this transaction (a failed condition
+   there would cancel the marker and the additions with it).
+Step 1 comes first, so a unit whose marker exists has had its joins applied at least once.
 """
 
 from __future__ import annotations
@@ -16,20 +22,27 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib.domain.aggregation import EMPTY, MAX_GROUP_VALUES, RESERVED_PREFIX, Latest, RollupState, fold
 from chalicelib.domain.models import instant
-from chalicelib.domain.usage import RollupDelta, RollupKey
+from chalicelib.domain.usage import ApplyReport, ApplyUnit, GroupSlot, Rollup, RollupDelta, RollupKey
 from chalicelib.storage import clients
 from chalicelib.storage.codec import dec, from_item, key, to_value
+from chalicelib.storage.failures import store_error, translated
 from chalicelib.storage.keys import (
     day_rollup_sk,
+    group_day_range,
+    group_day_rollup_sk,
+    group_hour_range,
+    group_hour_rollup_sk,
+    group_index_sk,
+    group_register_sk,
     hour_rollup_prefix,
     hour_rollup_sk,
     marker_pk,
@@ -41,6 +54,8 @@ from chalicelib.storage.keys import (
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+__all__ = ["ApplyReport", "ApplyUnit", "DynamoRollupStore", "Rollup", "pack"]
 
 log = logging.getLogger("usage-metering.rollups")
 MAX_TRANSACTION_ACTIONS = 100
@@ -56,19 +71,25 @@ RETRYABLE_ERRORS = frozenset(
         "ProvisionedThroughputExceededException",
         "RequestLimitExceeded",
         "TransactionInProgressException",
+        "TransactionConflictException",
         "InternalServerError",
         "ServiceUnavailable",
     }
 )
+T = TypeVar("T")
 
 
 def rollup_sk(rk: RollupKey) -> str:
+    if rk.grouped:
+        if rk.grain == "D":
+            return group_day_rollup_sk(rk.meter, rk.group_key, rk.period_date, rk.group_value)
+        return group_hour_rollup_sk(rk.meter, rk.group_key, rk.hour, rk.period_date, rk.group_value)
     if rk.grain == "D":
         return day_rollup_sk(rk.period_date, rk.meter)
     return hour_rollup_sk(rk.hour, rk.meter, rk.period_date)
 
 
-def rollup_key_from_item(item: dict[str, Any]) -> RollupKey:
+def rollup_key_from_item(item: Mapping[str, Any]) -> RollupKey:
     return RollupKey(
         organization_id=item["organization_id"],
         service_line_id=item["service_line_id"],
@@ -76,40 +97,24 @@ def rollup_key_from_item(item: dict[str, Any]) -> RollupKey:
         grain=item["grain"],
         period_date=item["period_date"],
         hour=item.get("hour", ""),
+        group_key=item.get("group_key", ""),
+        group_value=item.get("group_value", ""),
     )
 
 
-@dataclass(frozen=True)
-class Rollup:
-    """A stored rollup: exact quantity, event count and the version every change bumps."""
-
-    key: RollupKey
-    quantity: Decimal
-    event_count: int
-    version: int
-    updated_at: str
-
-
-@dataclass
-class ApplyUnit:
-    """One chunk of one batch: its marker, its rollup deltas, and whether it closes the batch."""
-
-    batch_id: str
-    chunk_index: int
-    organization_id: str
-    event_ids: tuple[str, ...]
-    deltas: dict[RollupKey, RollupDelta]
-
-
-@dataclass
-class ApplyReport:
-    """What became of each unit: applied, applied before, failed for now (retry), or poisoned (never applies)."""
-
-    applied: list[ApplyUnit] = field(default_factory=list)
-    already_applied: list[ApplyUnit] = field(default_factory=list)
-    failed: list[ApplyUnit] = field(default_factory=list)
-    poisoned: list[tuple[ApplyUnit, str]] = field(default_factory=list)
-    transactions: int = 0
+def state_from_item(item: Mapping[str, Any]) -> RollupState:
+    """The cells of a stored rollup."""
+    latest = None
+    if "latest_at" in item:
+        latest = Latest(str(item["latest_at"]), dec(item["latest_q"]))
+    return RollupState(
+        quantity=dec(item.get("quantity", 0)),
+        event_count=int(item.get("event_count", 0)),
+        maximum=dec(item["max_q"]) if "max_q" in item else None,
+        minimum=dec(item["min_q"]) if "min_q" in item else None,
+        latest=latest,
+        values=frozenset(str(v) for v in item.get("uniq", ())),
+    )
 
 
 def pack(units: Sequence[ApplyUnit]) -> list[list[ApplyUnit]]:
@@ -130,13 +135,23 @@ def pack(units: Sequence[ApplyUnit]) -> list[list[ApplyUnit]]:
     return groups
 
 
+def _number(value: Decimal) -> dict[str, str]:
+    """A number attribute in plain notation, as every number the service writes."""
+    return {"N": format(value, "f")}
+
+
+class _Deterministic(Exception):
+    """A write DynamoDB refuses for a reason that will not change (the unit is poison)."""
+
+
 class DynamoRollupStore:
-    """Rollups and markers in the rollups table."""
+    """Rollups, group registers and markers in the rollups table."""
 
     def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
         self.table_name = table_name
         self._client = client
         self.max_attempts = 6
+        self.max_group_values = MAX_GROUP_VALUES
 
     @property
     def client(self) -> DynamoDBClient:
@@ -146,9 +161,87 @@ class DynamoRollupStore:
     def apply(self, units: Sequence[ApplyUnit], now: datetime) -> ApplyReport:
         """Apply each unit exactly once; units whose marker exists are reported as already applied."""
         report = ApplyReport()
-        for group in pack(units):
+        ready: list[ApplyUnit] = []
+        for unit in units:
+            try:
+                for rk, state in sorted(unit.deltas.items()):
+                    if state.has_joins:
+                        self._join(rk, state, now)
+            except _Deterministic as poison:
+                log.error("rollup unit %s/%d cannot be applied: %s", unit.batch_id, unit.chunk_index, poison)
+                report.poisoned.append((unit, str(poison)[:256]))
+                continue
+            except _Retry:
+                report.failed.append(unit)
+                continue
+            ready.append(unit)
+        for group in pack(ready):
             self._apply_group(list(group), now, report)
         return report
+
+    def _join(self, rk: RollupKey, state: RollupState, now: datetime) -> None:
+        """Move each join cell of a rollup up to (at least) the state's: conditional, so idempotent."""
+        for update in self._join_updates(rk, state, instant(now)):
+            self._with_retries(lambda u=update: self._conditional(u))  # type: ignore[misc]
+
+    def _conditional(self, update: dict[str, Any]) -> bool:
+        try:
+            self.client.update_item(**update)
+            return True
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False  # the cell is already as far up the join
+            raise
+
+    def _with_retries(self, call: Callable[[], T]) -> T:
+        """A single write, retried with backoff while DynamoDB says it may succeed later."""
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except ClientError as err:
+                code = err.response["Error"]["Code"]
+                if code == "ValidationException":
+                    raise _Deterministic(f"{code}: {err.response['Error'].get('Message', '')}") from None
+                if code not in RETRYABLE_ERRORS:
+                    raise store_error(err) from err
+                attempt += 1
+                if attempt >= self.max_attempts:
+                    raise _Retry() from None
+                time.sleep(min(1.0, 0.02 * 2**attempt) * random.random())
+            except BotoCoreError as err:
+                raise store_error(err) from err
+
+    def _join_updates(self, rk: RollupKey, state: RollupState, stamp: str) -> list[dict[str, Any]]:
+        updates: list[dict[str, Any]] = []
+
+        def update(assign: str, values: dict[str, Any], condition: str | None) -> None:
+            base = self._rollup_update(rk, None, stamp)
+            base["UpdateExpression"] = (
+                f"ADD version :one SET {assign}, " + base["UpdateExpression"].split(" SET ", 1)[1]
+            )
+            base["ExpressionAttributeValues"].update(values)
+            if condition:
+                base["ConditionExpression"] = condition
+            updates.append(base)
+
+        if state.maximum is not None:
+            update("max_q = :mx", {":mx": _number(state.maximum)}, "attribute_not_exists(max_q) OR max_q < :mx")
+        if state.minimum is not None:
+            update("min_q = :mn", {":mn": _number(state.minimum)}, "attribute_not_exists(min_q) OR min_q > :mn")
+        if state.latest is not None:
+            update(
+                "latest_at = :la, latest_q = :lq",
+                {":la": {"S": state.latest.at}, ":lq": _number(state.latest.value)},
+                "attribute_not_exists(latest_at) OR latest_at < :la",
+            )
+        if state.values:
+            base = self._rollup_update(rk, None, stamp)
+            described = base["UpdateExpression"].split(" SET ", 1)[1]
+            base["UpdateExpression"] = f"ADD version :one, uniq :u SET {described}"
+            base["ExpressionAttributeValues"][":u"] = {"SS": sorted(state.values)}
+            updates.append(base)
+        return updates
 
     def _apply_group(self, group: list[ApplyUnit], now: datetime, report: ApplyReport) -> None:
         """Apply a group in one transaction; a deterministic failure splits it so one bad unit blocks no other."""
@@ -180,7 +273,7 @@ class DynamoRollupStore:
                 elif code in RETRYABLE_ERRORS:
                     retryable = True
                 else:  # configuration or permissions: nothing a unit can fix, so the whole invocation fails
-                    raise
+                    raise store_error(err) from err
                 if not retryable:
                     why = f"{code}: {', '.join(sorted(causes)) or err.response['Error'].get('Message', '')}"
                     self._split(group, now, report, why[:256])
@@ -191,6 +284,8 @@ class DynamoRollupStore:
                     report.failed.extend(group)
                     return
                 time.sleep(min(1.0, 0.02 * 2**attempt) * random.random())
+            except BotoCoreError as err:
+                raise store_error(err) from err
 
     def _split(self, group: list[ApplyUnit], now: datetime, report: ApplyReport, reason: str) -> None:
         """Apply the units of a group that failed deterministically one by one; the one that fails alone is poison."""
@@ -208,7 +303,7 @@ class DynamoRollupStore:
         owners: list[ApplyUnit | None] = []
         stamp = instant(now)
         expires = int((now + MARKER_TTL).timestamp())
-        merged: dict[RollupKey, RollupDelta] = {}
+        merged: dict[RollupKey, RollupState] = {}
         for unit in group:
             items.append(
                 {
@@ -227,16 +322,14 @@ class DynamoRollupStore:
             )
             owners.append(unit)
             for rk, delta in unit.deltas.items():
-                total = merged.setdefault(rk, RollupDelta(Decimal(0), 0))
-                total.quantity += delta.quantity
-                total.event_count += delta.event_count
+                merged[rk] = fold(merged.get(rk, EMPTY), delta.additive())
         for rk, delta in sorted(merged.items()):
             items.append({"Update": self._rollup_update(rk, delta, stamp)})
             owners.append(None)
         return items, owners
 
-    def _rollup_update(self, rk: RollupKey, delta: RollupDelta, stamp: str, replace: bool = False) -> dict[str, Any]:
-        """An UpdateItem that adds a delta to a rollup (or, with replace, sets its totals)."""
+    def _descriptive(self, rk: RollupKey, stamp: str) -> dict[str, str]:
+        """The attributes that say which rollup an item is (and place it in the by_period index)."""
         sets: dict[str, str] = {
             "organization_id": rk.organization_id,
             "service_line_id": rk.service_line_id,
@@ -246,20 +339,55 @@ class DynamoRollupStore:
             "updated_at": stamp,
         }
         if rk.grain == "H":
-            sets.update(
-                hour=rk.hour,
-                gsi1pk=period_index_pk(rk.organization_id, rk.service_line_id, rk.period_date),
-                gsi1sk=period_index_sk(rk.meter, rk.hour),
+            sets["hour"] = rk.hour
+        if rk.grouped:
+            sets.update(group_key=rk.group_key, group_value=rk.group_value)
+        if rk.grouped or rk.grain == "H":
+            sets["gsi1pk"] = period_index_pk(rk.organization_id, rk.service_line_id, rk.period_date)
+            sets["gsi1sk"] = (
+                group_index_sk(rk.meter, rk.grain, rk.hour, rk.group_key, rk.group_value)
+                if rk.grouped
+                else period_index_sk(rk.meter, rk.hour)
             )
+        return sets
+
+    def _rollup_update(
+        self, rk: RollupKey, delta: RollupState | None, stamp: str, replace: bool = False
+    ) -> dict[str, Any]:
+        """An UpdateItem that adds a delta's additive cells to a rollup (replace: sets every cell to it;
+        no delta: only the descriptive attributes, for the join updates to extend)."""
+        sets = self._descriptive(rk, stamp)
         names = {f"#s{i}": name for i, name in enumerate(sets)}
-        values = {f":s{i}": to_value(value) for i, value in enumerate(sets.values())}
-        # Plain notation, as every number the service writes.
-        quantity = format(delta.quantity, "f")
-        values.update({":q": {"N": quantity}, ":n": {"N": str(delta.event_count)}, ":one": {"N": "1"}})
+        values: dict[str, Any] = {f":s{i}": to_value(value) for i, value in enumerate(sets.values())}
+        values[":one"] = {"N": "1"}
         assignments = ", ".join(f"#s{i} = :s{i}" for i in range(len(sets)))
-        if replace:
-            expression = f"ADD version :one SET quantity = :q, event_count = :n, {assignments}"
+        if delta is None:
+            expression = f"ADD version :one SET {assignments}"
+        elif replace:
+            values.update({":q": _number(delta.quantity), ":n": {"N": str(delta.event_count)}})
+            cells, removed = ["quantity = :q", "event_count = :n"], []
+            optional = {
+                "max_q": delta.maximum,
+                "min_q": delta.minimum,
+                "latest_at": delta.latest.at if delta.latest else None,
+                "latest_q": delta.latest.value if delta.latest else None,
+            }
+            for index, (name, cell) in enumerate(optional.items()):
+                if cell is None:
+                    removed.append(name)
+                else:
+                    values[f":c{index}"] = {"S": cell} if isinstance(cell, str) else _number(cell)
+                    cells.append(f"{name} = :c{index}")
+            if delta.values:
+                values[":u"] = {"SS": sorted(delta.values)}
+                cells.append("uniq = :u")
+            else:
+                removed.append("uniq")
+            expression = f"ADD version :one SET {', '.join(cells)}, {assignments}"
+            if removed:
+                expression += f" REMOVE {', '.join(removed)}"
         else:
+            values.update({":q": _number(delta.quantity), ":n": {"N": str(delta.event_count)}})
             expression = f"ADD quantity :q, event_count :n, version :one SET {assignments}"
         return {
             "TableName": self.table_name,
@@ -269,7 +397,48 @@ class DynamoRollupStore:
             "ExpressionAttributeValues": values,
         }
 
+    # -- group value registers -------------------------------------------------
+    def admit_groups(self, asked: Mapping[GroupSlot, Set[str]]) -> dict[GroupSlot, frozenset[str]]:
+        """Which of the asked values each slot keeps apart: those admitted before, and new ones while the
+        slot holds fewer than max_group_values. Once decided, a value's admission never changes."""
+        return {slot: self._admit(slot, values) for slot, values in sorted(asked.items())}
+
+    @translated
+    def _admit(self, slot: GroupSlot, values: Set[str]) -> frozenset[str]:
+        wanted = sorted(v for v in values if not v.startswith(RESERVED_PREFIX))
+        register = group_register_sk(slot.period_date, slot.meter, slot.group_key)
+        item_key = key(rollup_pk(slot.organization_id, slot.service_line_id), register)
+        admitted: set[str] = set()
+        while wanted:
+            try:
+                self.client.update_item(
+                    TableName=self.table_name,
+                    Key=item_key,
+                    UpdateExpression="ADD vals :v SET #m = :m, #k = :k, #d = :d",
+                    ExpressionAttributeNames={"#m": "meter", "#k": "group_key", "#d": "period_date"},
+                    ConditionExpression="attribute_not_exists(vals) OR size(vals) <= :room",
+                    ExpressionAttributeValues={
+                        ":v": {"SS": wanted},
+                        ":m": {"S": slot.meter},
+                        ":k": {"S": slot.group_key},
+                        ":d": {"S": slot.period_date},
+                        ":room": {"N": str(self.max_group_values - len(wanted))},
+                    },
+                )
+                return frozenset(admitted | set(wanted))
+            except ClientError as err:
+                if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+            stored = self.client.get_item(TableName=self.table_name, Key=item_key, ConsistentRead=True).get("Item")
+            have = {str(v) for v in from_item(stored).get("vals", ())} if stored else set()
+            admitted |= have.intersection(wanted)
+            rest = [v for v in wanted if v not in have]
+            free = self.max_group_values - len(have)
+            wanted = rest[: max(free, 0)]
+        return frozenset(admitted)
+
     # -- reading ---------------------------------------------------------------
+    @translated
     def applied_event_ids(self, batch_id: str) -> set[str]:
         """The events the applied chunks of a batch added (strongly consistent)."""
         ids: set[str] = set()
@@ -301,54 +470,70 @@ class DynamoRollupStore:
     def _row(item: dict[str, Any]) -> Rollup:
         return Rollup(
             key=rollup_key_from_item(item),
-            quantity=dec(item.get("quantity", 0)),
-            event_count=int(item.get("event_count", 0)),
+            state=state_from_item(item),
             version=int(item.get("version", 0)),
             updated_at=str(item.get("updated_at", "")),
         )
 
-    def day_rollups(
-        self, organization_id: str, line_id: str, start: date, end: date, consistent: bool = False
-    ) -> list[Rollup]:
-        """Day rollups of an organization's line with start <= period_date <= end (every meter)."""
+    def _range(self, organization_id: str, line_id: str, lo: str, hi: str, consistent: bool = False) -> list[Rollup]:
         return self._query(
             KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
             ExpressionAttributeValues={
                 ":pk": {"S": rollup_pk(organization_id, line_id)},
-                ":lo": {"S": day_rollup_sk(start.isoformat(), "")},
-                ":hi": {"S": day_rollup_sk(end.isoformat(), "~")},
+                ":lo": {"S": lo},
+                ":hi": {"S": hi},
             },
             ConsistentRead=consistent,
         )
 
-    def hour_rollups(self, organization_id: str, line_id: str, start_hour: str, end_hour: str) -> list[Rollup]:
-        """Hour rollups of an organization's line with start_hour <= hour < end_hour (YYYY-MM-DDTHH)."""
-        return [
-            r
-            for r in self._query(
-                KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
-                ExpressionAttributeValues={
-                    ":pk": {"S": rollup_pk(organization_id, line_id)},
-                    ":lo": {"S": hour_rollup_prefix(start_hour)},
-                    ":hi": {"S": hour_rollup_prefix(end_hour)},
-                },
-            )
-            if r.key.hour < end_hour
-        ]
+    @translated
+    def day_rollups(
+        self, organization_id: str, line_id: str, start: date, end: date, consistent: bool = False
+    ) -> list[Rollup]:
+        """Day rollups (all usage, no group) of an organization's line with start <= period_date <= end."""
+        lo, hi = day_rollup_sk(start.isoformat(), ""), day_rollup_sk(end.isoformat(), "~")
+        return self._range(organization_id, line_id, lo, hi, consistent)
 
-    def rollups_of_period(self, organization_id: str, line_id: str, period_date: date) -> list[Rollup]:
-        """Every rollup (day and hour) of an organization's line's period_date, read strongly consistent."""
+    @translated
+    def hour_rollups(self, organization_id: str, line_id: str, start_hour: str, end_hour: str) -> list[Rollup]:
+        """Hour rollups (no group) of an organization's line with start_hour <= hour < end_hour (YYYY-MM-DDTHH)."""
+        rows = self._range(organization_id, line_id, hour_rollup_prefix(start_hour), hour_rollup_prefix(end_hour))
+        return [r for r in rows if r.key.hour < end_hour]
+
+    @translated
+    def group_day_rollups(
+        self, organization_id: str, line_id: str, meter: str, group_key: str, start: date, end: date
+    ) -> list[Rollup]:
+        """Day rollups per value of a meter's group key with start <= period_date <= end."""
+        lo, hi = group_day_range(meter, group_key, start.isoformat(), end.isoformat())
+        return self._range(organization_id, line_id, lo, hi)
+
+    @translated
+    def group_hour_rollups(
+        self, organization_id: str, line_id: str, meter: str, group_key: str, start_hour: str, end_hour: str
+    ) -> list[Rollup]:
+        """Hour rollups per value of a meter's group key with start_hour <= hour < end_hour."""
+        lo, hi = group_hour_range(meter, group_key, start_hour, end_hour)
+        return [r for r in self._range(organization_id, line_id, lo, hi) if r.key.hour < end_hour]
+
+    @translated
+    def rollups_of_period(
+        self, organization_id: str, line_id: str, period_date: date, with_groups: bool = False
+    ) -> list[Rollup]:
+        """Every rollup (day and hour; with_groups: and per group value) of an organization's line's
+        period_date, read strongly consistent."""
         rows = self.day_rollups(organization_id, line_id, period_date, period_date, consistent=True)
-        hour_keys = self._query(
+        indexed = self._query(
             IndexName="by_period",
             KeyConditionExpression="gsi1pk = :pk",
             ExpressionAttributeValues={
                 ":pk": {"S": period_index_pk(organization_id, line_id, period_date.isoformat())}
             },
         )
+        wanted = [r for r in indexed if with_groups or not r.key.grouped]
         pk = rollup_pk(organization_id, line_id)
-        for start in range(0, len(hour_keys), 100):
-            keys = [key(pk, rollup_sk(r.key)) for r in hour_keys[start : start + 100]]
+        for start in range(0, len(wanted), 100):
+            keys = [key(pk, rollup_sk(r.key)) for r in wanted[start : start + 100]]
             request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
             while request:
                 response = self.client.batch_get_item(RequestItems=request)
@@ -359,8 +544,15 @@ class DynamoRollupStore:
     def repair(
         self, rk: RollupKey, quantity: Decimal, event_count: int, observed: Rollup | None, now: datetime
     ) -> bool:
-        """Set a rollup to recomputed totals if it has not changed since it was observed."""
-        update = self._rollup_update(rk, RollupDelta(quantity, event_count), instant(now), replace=True)
+        """Set a rollup's additive cells to recomputed totals if it has not changed since it was observed
+        (its join cells are kept)."""
+        kept = observed.state.joins() if observed is not None else EMPTY
+        return self.repair_state(rk, fold(kept, RollupDelta(quantity, event_count)), observed, now)
+
+    @translated
+    def repair_state(self, rk: RollupKey, state: RollupState, observed: Rollup | None, now: datetime) -> bool:
+        """Set every cell of a rollup to a recomputed state if it has not changed since it was observed."""
+        update = self._rollup_update(rk, state, instant(now), replace=True)
         if observed is None:
             update["ConditionExpression"] = "attribute_not_exists(pk)"
         else:
@@ -373,3 +565,7 @@ class DynamoRollupStore:
             if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return False
             raise
+
+
+class _Retry(Exception):
+    """A join write still throttled after every attempt: the unit fails for now and is redelivered."""
