@@ -10,7 +10,7 @@ and hand it back, never look inside.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,8 +20,8 @@ from chalicelib.domain.pipeline import PendingBatch, PutOutcome
 from chalicelib.domain.store import Idempotency
 
 if TYPE_CHECKING:
-    from chalicelib.domain.usage import RollupKey
-    from chalicelib.storage.rollups_repo import ApplyReport, ApplyUnit, Rollup
+    from chalicelib.domain.aggregation import RollupState
+    from chalicelib.domain.usage import ApplyReport, ApplyUnit, GroupSlot, Rollup, RollupKey
 
 Position = dict[str, Any]
 
@@ -81,10 +81,16 @@ class EventStore(Protocol):
 
 
 class RollupStore(Protocol):
-    """Rollups (exact totals per line, meter and day or hour) and the markers of applied chunks."""
+    """Rollups (per line, meter and day or hour, and per group value of the meter's group_by keys), the
+    registers of admitted group values, and the markers of applied chunks (docs/architecture.md)."""
 
     def apply(self, units: Sequence[ApplyUnit], now: datetime) -> ApplyReport:
-        """Apply each unit exactly once; a unit whose marker exists is reported as already applied."""
+        """Join each unit's join cells (at least once), then add its additive cells exactly once; a unit
+        whose marker exists is reported as already applied."""
+        ...
+
+    def admit_groups(self, asked: Mapping[GroupSlot, Set[str]]) -> dict[GroupSlot, frozenset[str]]:
+        """Which of the asked group values each slot keeps apart (the rest count under OTHER_GROUP)."""
         ...
 
     def applied_event_ids(self, batch_id: str) -> set[str]: ...
@@ -95,12 +101,26 @@ class RollupStore(Protocol):
 
     def hour_rollups(self, organization_id: str, line_id: str, start_hour: str, end_hour: str) -> list[Rollup]: ...
 
-    def rollups_of_period(self, organization_id: str, line_id: str, period_date: date) -> list[Rollup]: ...
+    def group_day_rollups(
+        self, organization_id: str, line_id: str, meter: str, group_key: str, start: date, end: date
+    ) -> list[Rollup]: ...
+
+    def group_hour_rollups(
+        self, organization_id: str, line_id: str, meter: str, group_key: str, start_hour: str, end_hour: str
+    ) -> list[Rollup]: ...
+
+    def rollups_of_period(
+        self, organization_id: str, line_id: str, period_date: date, with_groups: bool = False
+    ) -> list[Rollup]: ...
 
     def repair(
         self, rk: RollupKey, quantity: Decimal, event_count: int, observed: Rollup | None, now: datetime
     ) -> bool:
-        """Set a rollup to recomputed totals if it has not changed since it was observed."""
+        """Set a rollup's additive cells to recomputed totals if it has not changed since it was observed."""
+        ...
+
+    def repair_state(self, rk: RollupKey, state: RollupState, observed: Rollup | None, now: datetime) -> bool:
+        """Set every cell of a rollup to a recomputed state if it has not changed since it was observed."""
         ...
 
 
