@@ -59,7 +59,6 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
-	$(BIN)/python -m tools.bench_spread
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
