@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from chalicelib.config import Settings, get_settings
 from chalicelib.services.rate_limit import ApiCallLimiter
@@ -43,6 +45,29 @@ class Container:
             rollups=DynamoRollupStore(settings.rollups_table),
             queue=SqsQueue(settings.usage_queue),
             dead_letters=SqsQueue(settings.usage_dlq),
+        )
+
+    @classmethod
+    def in_memory(cls, settings: Settings | None = None, rollups: Any = None) -> Container:
+        """The same use cases over the in-memory stores (storage/memory.py): empty, nothing shared.
+
+        The fields keep the DynamoDB adapters' types for the code that reads their names (a table, a
+        queue URL) off the container; over memory, only the ports' methods exist.
+        """
+        from chalicelib.storage.memory import MemoryCatalogRepository, MemoryEventStore, MemoryQueue
+
+        settings = settings or Settings.from_env()
+        if rollups is None:
+            rollups = importlib.import_module("chalicelib.storage.memory_rollups").MemoryRollupStore()
+        catalog = MemoryCatalogRepository(settings.catalog_table)
+        return cls(
+            settings=settings,
+            catalog=cast(DynamoCatalogRepository, catalog),
+            limiter=ApiCallLimiter(catalog),
+            events=cast(DynamoEventStore, MemoryEventStore()),
+            rollups=cast(DynamoRollupStore, rollups),
+            queue=cast(SqsQueue, MemoryQueue(settings.usage_queue)),
+            dead_letters=cast(SqsQueue, MemoryQueue(settings.usage_dlq)),
         )
 
 

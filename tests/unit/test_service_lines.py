@@ -1,12 +1,11 @@
-"""Service lines and plan gating (document 001) over the real app: create, list, read, pause, resume,
-`403 plan_limit_exceeded`, and the monthly API-call limit (`429 rate_limited`)."""
+"""Service lines and plan gating (document 001) over the real app on the in-memory stores: create, list,
+read, pause, resume, `403 plan_limit_exceeded`, and the monthly API-call limit (`429 rate_limited`)."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +20,6 @@ from chalicelib.domain.models import Organization, Plan, Workspace
 from chalicelib.errors import ErrorCode, MeteringError
 from chalicelib.services import catalog_admin, service_lines
 from chalicelib.services.rate_limit import ApiCallLimiter
-from chalicelib.storage import clients
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
 from tests.support import Clock, body
 
@@ -116,36 +114,28 @@ def put_custom_org(container: Container, api_calls_monthly: int | None, base_pla
 
 
 class CallCounterWrites:
-    """Counts DynamoDB writes that touch an organization's monthly CALLS# counter item."""
-
-    WRITES = frozenset({"UpdateItem", "PutItem", "TransactWriteItems", "BatchWriteItem"})
+    """Counts the writes to an organization's monthly API-call counter (the catalog's add_api_calls)."""
 
     def __init__(self) -> None:
-        self.writes: list[tuple[str, str]] = []
+        self.writes: list[str] = []
         self._lock = threading.Lock()
 
-    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        if model.name not in self.WRITES:
-            return
-        text = json.dumps(params, default=str)
-        for org in re.findall(r'"ORG#([^"]+)"', text):
-            if "CALLS#" in text:
-                with self._lock:
-                    self.writes.append((model.name, org))
-
     def of(self, organization_id: str) -> int:
-        return sum(1 for _, org in self.writes if org == organization_id)
+        return sum(1 for org in self.writes if org == organization_id)
 
 
 @pytest.fixture
-def counter_writes(container: Container) -> Iterator[CallCounterWrites]:
+def counter_writes(container: Container, monkeypatch: pytest.MonkeyPatch) -> CallCounterWrites:
     spy = CallCounterWrites()
-    events = clients.dynamodb().meta.events
-    events.register("provide-client-params.dynamodb", spy, unique_id="test-calls-spy")
-    try:
-        yield spy
-    finally:
-        events.unregister("provide-client-params.dynamodb", unique_id="test-calls-spy")
+    add = container.catalog.add_api_calls
+
+    def counted(organization_id: str, month: str, calls: int) -> int:
+        with spy._lock:
+            spy.writes.append(organization_id)
+        return add(organization_id, month, calls)
+
+    monkeypatch.setattr(container.catalog, "add_api_calls", counted)
+    return spy
 
 
 def call_usage(client: Any, key: str) -> Any:
