@@ -9,6 +9,7 @@ without an entry gets the default mapping, which needs no setup.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
 
@@ -81,6 +82,9 @@ def store(
         c = container
         answers = ingest(items, organization_id, c.catalog, c.events, c.queue, now, line_by_rule=by_rule)
         for index, answer in zip(indexes, answers, strict=True):
+            mapped = prepared[index]
+            if answer.error is not None and isinstance(mapped, MappedEvent):
+                answer = replace(answer, error=mapped.translate(answer.error))
             outcomes[index] = answer
     done = [o or IngestOutcome("rejected", error=MeteringError(ErrorCode.INTERNAL_ERROR)) for o in outcomes]
     observability.count_outcomes([o.status for o in done])

@@ -145,10 +145,25 @@ class ForeignEvent:
 
 @dataclass(frozen=True)
 class MappedEvent:
-    """A foreign event as our draft; `line_by_rule`: the organization's default line for the meter takes it."""
+    """A foreign event as our draft; `line_by_rule`: the organization's default line for the meter takes it.
+
+    `fields` names the dialect's field for each field of the draft (quantity, meter), so that a refusal
+    of the draft names what the caller sent.
+    """
 
     draft: UsageDraft
     line_by_rule: bool
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    def translate(self, error: MeteringError) -> MeteringError:
+        """The error with the draft's field names (`quantity: ...`) replaced by the dialect's."""
+        theirs = self.fields.get(error.field or "")
+        if theirs is None:
+            return error
+        message = error.message
+        if message.startswith(f"{error.field}: "):
+            message = f"{theirs}: {message[len(error.field or '') + 2 :]}"
+        return MeteringError(error.error_code, message, field=theirs, details=dict(error.details))
 
 
 def value_of(raw: Any, field_name: str) -> Decimal:
@@ -234,7 +249,8 @@ def map_event(
         idempotency_key=event.key,
         period_date_given=event.timestamp is not None,
     )
-    return MappedEvent(draft, line_by_rule=rule.service_line_id is None)
+    fields = {"quantity": quantity_field, "meter": event.field_of("event_type")}
+    return MappedEvent(draft, line_by_rule=rule.service_line_id is None, fields=fields)
 
 
 def check_name(value: Any, field_name: str, max_length: int = 100) -> str:
