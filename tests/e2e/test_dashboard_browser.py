@@ -1,0 +1,316 @@
+"""The dashboard in a real browser: headless Chromium (Debian's) driven by Playwright, against the real local stack.
+
+It signs in with the demo keys, reads a known period and checks that the page's numbers are the
+API's summary, pages the events table like the API pages, downloads what it shows as CSV, shows a
+read-only key, a revoked key, an unknown key and a used-up API-call quota (429 with Retry-After),
+fits a phone-width screen, and saves the screenshot the README shows (docs/dashboard.png).
+
+`make browser` (a step of `make test`) installs Debian's chromium; without /usr/bin/chromium these
+tests are skipped with a loud reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+import pytest
+
+from chalicelib.domain.auth import READ_SCOPES, hash_key, key_id_for
+from chalicelib.domain.models import ApiKey
+from chalicelib.storage.catalog_repo import DynamoCatalogRepository
+from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY
+from tests.e2e.localstack import ROOT, StackProcess, request, running_stack_process
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HISTORY_DAYS = 14
+ORG = "ORG-26-090500"
+OTHER_ORG = "ORG-26-100200"
+TALENT = "LIN-26-084729"
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="!!! BROWSER TESTS SKIPPED: /usr/bin/chromium is missing. Run `make browser` as root "
+    "(apt-get install chromium) to run the dashboard's browser tests. !!!",
+)
+
+
+def grouped(value: Any) -> str:
+    """A decimal as the page writes it: its exact digits, the integer part grouped by thousands."""
+    return format(Decimal(str(value)), ",")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackProcess]:
+    with running_stack_process("--history-days", str(HISTORY_DAYS)) as process:
+        wait_until_rolled_up(process.base_url)
+        yield process
+
+
+def wait_until_rolled_up(base_url: str, timeout: float = 180) -> None:
+    """Wait until the demo history is rolled up: the month's summary stops changing for 3 s."""
+    today = datetime.now(UTC).date()
+    url = f"{base_url}/v1/usage/summary?" + urlencode({"from": (today - timedelta(days=40)).isoformat()})
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        status, body = request(url)
+        assert status == 200, body
+        if body != last:
+            last, since = body, time.monotonic()
+        elif time.monotonic() - since >= 3:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the demo history was not rolled up in time")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any, stack: StackProcess) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    opened = context.new_page()
+    opened.set_default_timeout(20_000)
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    urls: list[str] = []
+    opened.on("request", lambda req: urls.append(req.url))
+    opened.goto(f"{stack.base_url}/dashboard")
+    yield opened
+    context.close()
+    assert not errors, errors  # no script error on the way
+    assert urls and not any(FULL_KEY in u or READ_KEY in u or OTHER_ORG_KEY in u for u in urls)
+    assert all(u.startswith(stack.base_url) or u.startswith(("data:", "blob:")) for u in urls), urls
+
+
+def sign_in(page: Any, key: str) -> None:
+    page.fill("#api-key", key)
+    page.click("#sign-in-form button[type=submit]")
+
+
+def show_period(page: Any, start: str, end: str) -> None:
+    page.fill("#from", start)
+    page.fill("#to", end)
+    page.click("#period-form button[type=submit]")
+    page.wait_for_selector(f"#status:has-text('Showing {start} to {end}')")
+
+
+def api(stack: StackProcess, path: str, params: dict[str, Any], key: str = FULL_KEY) -> Any:
+    status, body = request(f"{stack.base_url}{path}?{urlencode(params)}", key=key)
+    assert status == 200, body
+    return body
+
+
+def catalog_of(stack: StackProcess) -> DynamoCatalogRepository:
+    """The stack's catalog table through its AWS endpoint, as an operator's tool reaches it."""
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=stack.aws_url,
+        region_name="us-east-1",
+        aws_access_key_id="any",
+        aws_secret_access_key="any",
+    )
+    return DynamoCatalogRepository("metering-catalog-dev", client=client)
+
+
+# -- the numbers -------------------------------------------------------------------------------------
+
+
+def test_page_shows_the_summary_of_a_known_period_and_charts_the_same_usage(page: Any, stack: StackProcess) -> None:
+    today = datetime.now(UTC).date()
+    start, end = (today - timedelta(days=HISTORY_DAYS - 1)).isoformat(), (today - timedelta(days=1)).isoformat()
+    sign_in(page, FULL_KEY)
+    page.wait_for_selector("#status:has-text('Showing')")
+    show_period(page, start, end)
+    summary = api(stack, "/v1/usage/summary", {"from": start, "to": end})["data"]
+    assert page.text_content("#total-cost") == f"{grouped(summary['total_cost_estimate'])} {summary['currency']}"
+    used = [line for line in summary["by_service_line"] if line["meters"]]
+    assert len(used) >= 2  # the demo history uses several lines
+    for line in used:
+        line_id = line["service_line_id"]
+        cost = page.text_content(f"[data-cost='{line_id}']")
+        assert cost == f"{grouped(line['cost_estimate'])} {line['currency']}"
+        for meter in line["meters"]:
+            shown = page.text_content(f"[data-quantity='{line_id}/{meter['meter']}']")
+            assert shown == grouped(meter["quantity"]), (line_id, meter)
+            # the chart's data table has one row a day, adding up to the same quantity
+            rows = page.locator(f"figure[data-series='{line_id}/{meter['meter']}'] tbody tr")
+            assert rows.count() == HISTORY_DAYS - 1
+            cells = rows.locator("td:nth-child(2)").all_text_contents()
+            assert sum(Decimal(c.replace(",", "")) for c in cells) == Decimal(str(meter["quantity"]))
+    assert page.locator(".uplot canvas").count() >= len(used)  # drawn, not only tabled
+    captions = page.locator("figure figcaption").all_text_contents()
+    assert captions and all(c.endswith(", daily") and "sum)" in c for c in captions)
+
+
+def test_a_short_period_is_charted_by_hour(page: Any, stack: StackProcess) -> None:
+    today = datetime.now(UTC).date().isoformat()
+    sign_in(page, FULL_KEY)
+    page.wait_for_selector("#status:has-text('Showing')")
+    show_period(page, today, today)
+    figures = page.locator("figure.chart")
+    series = api(stack, "/v1/usage/timeseries", {"from": today, "to": today, "granularity": "hour"})["data"]
+    assert figures.count() == len(series["series"])
+    if series["series"]:
+        assert page.text_content("figure.chart figcaption").endswith(", hourly")
+        assert figures.first.locator("tbody tr").count() == 24
+    else:
+        assert page.text_content("#charts-body") == "No usage to chart in this period."
+
+
+def test_limits_show_the_plan_against_its_limits(page: Any, stack: StackProcess) -> None:
+    sign_in(page, FULL_KEY)
+    page.wait_for_selector("#status:has-text('Showing')")
+    limits = api(stack, "/v1/organization/limits", {})["data"]
+    lines = limits["active_service_lines"]["used"]
+    assert page.text_content("#limit-lines .value") == f"{lines} (no limit)"
+    assert page.text_content("#limit-api-calls .value") == "no limit (not counted)"
+    credits = page.text_content("#limit-credits .value")
+    assert credits is not None and credits.endswith("(custom limit, by contract)")
+    assert "Enterprise" in (page.text_content("#limits-body") or "")
+
+
+# -- the events table ----------------------------------------------------------------------------------
+
+
+def test_events_table_pages_like_the_api_and_downloads_what_it_shows(page: Any, stack: StackProcess) -> None:
+    today = datetime.now(UTC).date()
+    start, end = (today - timedelta(days=HISTORY_DAYS)).isoformat(), today.isoformat()
+    sign_in(page, FULL_KEY)
+    page.wait_for_selector("#status:has-text('Showing')")
+    page.select_option("#ev-line", TALENT)
+    page.fill("#ev-from", start)
+    page.fill("#ev-to", end)
+    page.click("#events-form button[type=submit]")
+    query = {"service_line_id": TALENT, "from": start, "to": end, "limit": 20}
+    first = api(stack, "/v1/usage", query)
+    second = api(stack, "/v1/usage", {**query, "cursor": first["meta"]["cursor"]})
+
+    def shown_ids() -> list[str]:
+        return [row.get_attribute("data-event") for row in page.locator("#events-body tr").all()]
+
+    page.wait_for_function("document.querySelector('#page-info').textContent.startsWith('Page 1')")
+    page.wait_for_function(f"document.querySelector('#events-body tr')?.dataset.event === '{first['data'][0]['id']}'")
+    assert shown_ids() == [e["id"] for e in first["data"]]
+    assert page.is_disabled("#prev") and page.is_enabled("#next")
+    page.click("#next")
+    page.wait_for_selector("#page-info:has-text('Page 2')")
+    assert shown_ids() == [e["id"] for e in second["data"]]
+    with page.expect_download() as download_info:
+        page.click("#csv")
+    path = download_info.value.path()
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    assert [r["id"] for r in rows] == [e["id"] for e in second["data"]]
+    assert [Decimal(r["quantity"]) for r in rows] == [Decimal(str(e["quantity"])) for e in second["data"]]
+    assert {r["service_line_id"] for r in rows} == {TALENT}
+    page.click("#prev")
+    page.wait_for_selector("#page-info:has-text('Page 1')")
+    assert shown_ids() == [e["id"] for e in first["data"]]
+    assert page.is_disabled("#prev")
+
+
+# -- keys and errors --------------------------------------------------------------------------------------
+
+
+def test_a_read_only_key_is_shown_as_read_only(page: Any) -> None:
+    sign_in(page, READ_KEY)
+    page.wait_for_selector("#status:has-text('Showing')")
+    assert page.is_visible("#read-only")
+    assert page.text_content("#read-only") == "Read-only key"
+    assert "Read-only key: it can read usage" in (page.text_content("#limits-body") or "")
+    assert page.text_content("#total-cost") not in ("", "\u2013")
+
+
+def test_an_unknown_key_is_refused_and_forgotten(page: Any) -> None:
+    sign_in(page, "mk_not_a_key_of_anyone")
+    page.wait_for_selector("#error:has-text('refused')")
+    assert page.is_visible("#sign-in") and not page.is_visible("#app")
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_a_key_revoked_while_signed_in_signs_the_page_out(page: Any, stack: StackProcess) -> None:
+    secret = "mk_dashboard_e2e_revoked_" + os.urandom(6).hex()
+    catalog = catalog_of(stack)
+    catalog.put_api_key(
+        ApiKey(
+            key_id=key_id_for(secret),
+            key_hash=hash_key(secret),
+            organization_id=ORG,
+            scopes=READ_SCOPES,
+            name="dashboard e2e",
+            created_at=datetime.now(UTC),
+        )
+    )
+    sign_in(page, secret)
+    page.wait_for_selector("#status:has-text('Showing')")
+    assert page.evaluate("sessionStorage.length") == 1
+    assert catalog.revoke_api_key(key_id_for(secret))
+    page.click("#period-form button[type=submit]")
+    page.wait_for_selector("#error:has-text('unknown or has been revoked')")
+    assert page.is_visible("#sign-in") and not page.is_visible("#app")
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_a_used_up_api_call_quota_says_when_to_come_back(page: Any, stack: StackProcess) -> None:
+    """The starter plan's 50,000 calls a month, used up: every call is 429 with Retry-After."""
+    month = datetime.now(UTC).strftime("%Y-%m")
+    catalog_of(stack).add_api_calls(OTHER_ORG, month, 50_000)
+    status, _ = request(f"{stack.base_url}/v1/meters", key=OTHER_ORG_KEY)
+    assert status == 429
+    sign_in(page, OTHER_ORG_KEY)
+    error = page.wait_for_selector("#error:has-text('Too many requests')")
+    text = error.text_content() or ""
+    assert "API calls" in text and "Retry-After:" in text and "UTC" in text  # a month away: a date, not seconds
+
+
+# -- layout ------------------------------------------------------------------------------------------------
+
+
+def test_phone_width_has_no_sideways_scrolling(browser: Any, stack: StackProcess) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    phone = context.new_page()
+    phone.goto(f"{stack.base_url}/dashboard")
+    sign_in(phone, FULL_KEY)
+    phone.wait_for_selector("#status:has-text('Showing')", timeout=20_000)
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    assert phone.evaluate("document.querySelector('.chart').getBoundingClientRect().width") <= 390
+    context.close()
+
+
+def test_screenshot_for_the_readme(page: Any, stack: StackProcess, tmp_path: Path) -> None:
+    """DASHBOARD_SCREENSHOT=1 writes docs/dashboard.png (the README's); otherwise a temporary file."""
+    target = SCREENSHOT if os.environ.get("DASHBOARD_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
+    sign_in(page, FULL_KEY)
+    page.wait_for_selector("#status:has-text('Showing')")
+    today = datetime.now(UTC).date()
+    show_period(page, (today - timedelta(days=HISTORY_DAYS - 1)).isoformat(), today.isoformat())
+    page.wait_for_timeout(300)  # let the charts settle
+    page.screenshot(path=str(target), full_page=True)
+    assert target.read_bytes().startswith(b"\x89PNG") and target.stat().st_size > 50_000
