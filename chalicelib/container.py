@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from chalicelib.config import Settings, get_settings
+from chalicelib.services.ports import RollupStore
 from chalicelib.services.rate_limit import ApiCallLimiter
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore
@@ -48,17 +48,17 @@ class Container:
         )
 
     @classmethod
-    def in_memory(cls, settings: Settings | None = None, rollups: Any = None) -> Container:
+    def in_memory(cls, settings: Settings | None = None, rollups: RollupStore | None = None) -> Container:
         """The same use cases over the in-memory stores (storage/memory.py): empty, nothing shared.
 
         The fields keep the DynamoDB adapters' types for the code that reads their names (a table, a
         queue URL) off the container; over memory, only the ports' methods exist.
         """
-        from chalicelib.storage.memory import MemoryCatalogRepository, MemoryEventStore, MemoryQueue
+        from chalicelib.storage.memory import MemoryCatalogRepository, MemoryEventStore, MemoryQueue, MemoryRollupStore
 
         settings = settings or Settings.from_env()
         if rollups is None:
-            rollups = importlib.import_module("chalicelib.storage.memory_rollups").MemoryRollupStore()
+            rollups = MemoryRollupStore()
         catalog = MemoryCatalogRepository(settings.catalog_table)
         return cls(
             settings=settings,

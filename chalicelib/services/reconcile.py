@@ -23,15 +23,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chalicelib.domain.models import UsageEvent, instant
 from chalicelib.domain.pipeline import ReconcileMessage
-from chalicelib.domain.usage import RollupDelta, RollupKey, coalesce, countable
+from chalicelib.domain.usage import Rollup, RollupDelta, RollupKey, coalesce, countable
 from chalicelib.services.ports import CatalogRepository, EventStore, MessageQueue, RollupStore
-
-if TYPE_CHECKING:
-    from chalicelib.storage.rollups_repo import Rollup
 
 log = logging.getLogger("usage-metering.reconcile")
 

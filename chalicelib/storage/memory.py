@@ -4,7 +4,7 @@ They pass the same contract tests as those adapters (tests/contract), so a use c
 behaves the same over DynamoDB: a conditional put of an event whose slot is taken returns the stored
 event, pending records are claimed by the same conditions, listings page in the same order with
 positions of the same shape. They are safe to share between threads (one lock per store) and keep
-nothing between processes. The in-memory rollup store is in storage/memory_rollups.py.
+nothing between processes. The in-memory rollup store is storage/memory_rollups.py's (re-exported here).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from chalicelib.storage.keys import (
     line_sk,
     org_pk,
 )
+from chalicelib.storage.memory_rollups import MemoryRollupStore
+
+__all__ = ["MemoryCatalogRepository", "MemoryEventStore", "MemoryQueue", "MemoryRollupStore", "SentMessage"]
 
 Position = dict[str, Any]
 
