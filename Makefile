@@ -13,10 +13,11 @@ PACKAGE_DIR := build/package-$(STAGE)
 
 .PHONY: install run test lint typecheck unit package cfn-lint clean bench
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -e .  # the operator command, usage-metering
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,8 +39,26 @@ typecheck: $(STAMP)
 # The suite runs on TEST_WORKERS processes (pytest-xdist); a module's tests stay on one worker,
 # so a module-scoped local stack starts once.
 TEST_WORKERS ?= 2
-test: lint typecheck cfn-lint
+test: lint typecheck cfn-lint browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+
+# The dashboard's browser tests drive Debian's chromium with playwright (PyPI; no browser download).
+# As root with apt-get it is installed when missing; elsewhere the tests are skipped with a loud
+# warning, and under CI (CI set) a chromium that cannot be had fails the run instead.
+CHROMIUM := /usr/bin/chromium
+.PHONY: browser
+browser:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "browser: $$($(CHROMIUM) --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: installing Debian's chromium for the dashboard's browser tests (apt-get)..."; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "!!! WARNING: apt-get could not install chromium: the dashboard's browser tests will be SKIPPED !!!"; \
+	else \
+		echo "!!! WARNING: $(CHROMIUM) is missing and apt-get is not usable here (not root?): the dashboard's"; \
+		echo "!!! browser tests will be SKIPPED. Install Debian's chromium (sudo apt-get install chromium) to run them."; \
+	fi
+	@if [ -n "$$CI" ] && [ ! -x $(CHROMIUM) ]; then echo "CI: no $(CHROMIUM), refusing to skip the browser tests"; exit 1; fi
 
 # The CloudFormation (SAM) template and Lambda package for a stage: chalice package
 # merged with the tables, queues, event-source settings and IAM policy built from the schema.

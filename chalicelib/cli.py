@@ -1,16 +1,17 @@
-"""Operator commands: load the catalog into a stage, create and revoke API keys.
+"""Operator commands: load the catalog into a stage, create and revoke API keys, import and export usage.
 
-Run against a deployed stage with AWS credentials in the environment:
-    python -m chalicelib.cli --stage prod catalog load
-    python -m chalicelib.cli --stage prod orgs create --id ORG-26-000001 --name "Acme" --plan plan_growth_annual
-    python -m chalicelib.cli --stage prod workspaces create --org ORG-26-000001 --id WS-26-000001 --name "Platform"
-    python -m chalicelib.cli --stage prod keys create --org ORG-26-090500 --scopes all --name billing-sync
-    python -m chalicelib.cli --stage prod keys revoke key_0123456789abcdef
-    python -m chalicelib.cli --stage prod keys list --org ORG-26-090500
+Installed as `usage-metering` (`pip install -e .`; `make install` does it), or run as
+`python -m chalicelib.cli`. Against a deployed stage, with AWS credentials in the environment:
+    usage-metering --stage prod catalog load
+    usage-metering --stage prod orgs create --id ORG-26-000001 --name "Acme" --plan plan_growth_annual
+    usage-metering --stage prod workspaces create --org ORG-26-000001 --id WS-26-000001 --name "Platform"
+    usage-metering --stage prod keys create --org ORG-26-090500 --scopes all --name billing-sync
+    usage-metering --stage prod keys revoke key_0123456789abcdef
+    usage-metering --stage prod keys list --org ORG-26-090500
 Against `make run`'s emulated AWS instead (no AWS account), name its AWS endpoint:
-    python -m chalicelib.cli --endpoint-url http://127.0.0.1:8001 keys create --org ORG-26-090500
-    python -m chalicelib.cli import usage.csv --base-url URL --api-key KEY
-    python -m chalicelib.cli export --from 2026-04-01 --to 2026-04-30 --out april.csv --base-url URL --api-key KEY
+    usage-metering --endpoint-url http://127.0.0.1:8001 keys create --org ORG-26-090500
+    usage-metering import usage.csv --base-url URL --api-key KEY
+    usage-metering export --from 2026-04-01 --to 2026-04-30 --out april.csv --base-url URL --api-key KEY
 """
 
 from __future__ import annotations
@@ -37,49 +38,81 @@ from chalicelib.storage.catalog_repo import IdTakenError
 if TYPE_CHECKING:
     pass
 
+PROG = "usage-metering"
+EPILOG = """\
+Stage commands (catalog, orgs, workspaces, keys) read and write the stage's tables with your AWS
+credentials, or the local stack's emulated AWS with --endpoint-url (make run prints it: PORT + 1,
+http://127.0.0.1:8001 by default). import and export call the HTTP API (--base-url, --api-key).
+Every command has --help, e.g. `usage-metering keys list --help`."""
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metering", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--stage", help="stage whose tables to use (default: METERING_STAGE or dev)")
-    parser.add_argument(
+
+def where_options(after_command: bool) -> argparse.ArgumentParser:
+    """--stage and --endpoint-url: before the command, or after it (`keys list --endpoint-url URL`)."""
+    options = argparse.ArgumentParser(add_help=False)
+    # After the command, an option not given must not overwrite one given before it.
+    stage: str | None = argparse.SUPPRESS if after_command else None
+    endpoint = argparse.SUPPRESS if after_command else os.environ.get("METERING_AWS_ENDPOINT")
+    options.add_argument("--stage", default=stage, help="stage whose tables to use (default: METERING_STAGE or dev)")
+    options.add_argument(
         "--endpoint-url",
-        default=os.environ.get("METERING_AWS_ENDPOINT"),
+        default=endpoint,
         help="send AWS requests here, e.g. the local stack's http://127.0.0.1:8001 (default: METERING_AWS_ENDPOINT)",
     )
+    return options
+
+
+def command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str, stage: bool = False
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with what it does; `stage`: it takes --stage and --endpoint-url too."""
+    parents = [where_options(after_command=True)] if stage else []
+    return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", parents=parents)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[where_options(after_command=False)],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    cat = sub.add_parser("catalog", help="the platform catalog").add_subparsers(dest="action", required=True)
-    cat.add_parser("load", help="write the repo's meters and plans into the stage")
-    orgs = sub.add_parser("orgs", help="organizations").add_subparsers(dest="action", required=True)
-    org_create = orgs.add_parser("create", help="create (or update) an organization on a plan")
+    cat = command(sub, "catalog", "the platform catalog").add_subparsers(dest="action", required=True)
+    command(cat, "load", "write the packaged meters and plans into the stage", stage=True)
+    orgs = command(sub, "orgs", "organizations").add_subparsers(dest="action", required=True)
+    org_create = command(orgs, "create", "create (or update) an organization on a plan", stage=True)
     org_create.add_argument("--id", required=True, help="organization id, e.g. ORG-26-090500")
     org_create.add_argument("--name", required=True)
     org_create.add_argument("--plan", required=True, help="plan id, e.g. plan_growth_annual")
-    workspaces = sub.add_parser("workspaces", help="workspaces").add_subparsers(dest="action", required=True)
-    ws_create = workspaces.add_parser("create", help="create (or update) a workspace of an organization")
+    workspaces = command(sub, "workspaces", "workspaces").add_subparsers(dest="action", required=True)
+    ws_create = command(workspaces, "create", "create (or update) a workspace of an organization", stage=True)
     ws_create.add_argument("--org", required=True)
     ws_create.add_argument("--id", required=True, help="workspace id, e.g. WS-26-000101")
     ws_create.add_argument("--name", required=True)
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
-    create = keys.add_parser("create", help="create a key bound to one organization")
+    keys = command(sub, "keys", "API keys").add_subparsers(dest="action", required=True)
+    create = command(keys, "create", "create a key bound to one organization", stage=True)
     create.add_argument("--org", required=True, help="organization id (ORG-*)")
     create.add_argument(
         "--scopes", default="all", help=f"comma-separated: all, read, or of {', '.join(sorted(ALL_SCOPES))}"
     )
     create.add_argument("--name", default="api key")
-    revoke = keys.add_parser("revoke", help="revoke a key by its id (key_...)")
+    revoke = command(keys, "revoke", "revoke a key by its id (key_...)", stage=True)
     revoke.add_argument("key_id")
-    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing = command(keys, "list", "list keys (never their secrets)", stage=True)
     listing.add_argument("--org", help="only this organization's keys")
     for name, text in (
         ("import", "import a CSV or JSON Lines backfill through the batch API"),
         ("export", "export usage events to CSV"),
     ):
-        command = sub.add_parser(name, help=text)
-        command.add_argument("--base-url", default=os.environ.get("METERING_BASE_URL", "http://127.0.0.1:8000"))
-        command.add_argument("--api-key", default=os.environ.get("METERING_API_KEY"), help="or METERING_API_KEY")
-        command.add_argument(
-            "--timeout", type=float, default=120.0, help="seconds to wait for one answer (default 120)"
+        http = command(sub, name, text)
+        http.add_argument(
+            "--base-url",
+            default=os.environ.get("METERING_BASE_URL", "http://127.0.0.1:8000"),
+            help="the API's base URL (default: METERING_BASE_URL, else the local stack's http://127.0.0.1:8000)",
         )
+        http.add_argument("--api-key", default=os.environ.get("METERING_API_KEY"), help="or METERING_API_KEY")
+        http.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer (default 120)")
     imp = sub.choices["import"]
     imp.add_argument("file", type=Path, help=".csv, or .jsonl/.ndjson")
     imp.add_argument(

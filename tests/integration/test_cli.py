@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from chalicelib.cli import run
+from chalicelib import catalog
+from chalicelib.cli import build_parser, run
 from chalicelib.container import Container
 from chalicelib.domain.auth import hash_key
+from tests.e2e.localstack import running_stack_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +44,9 @@ def test_create_refuses_unknown_scope_and_organization(container: Container) -> 
 def test_catalog_load_is_repeatable(container: Container, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["catalog", "load"], container) == 0
     assert run(["catalog", "load"], container) == 0
-    assert "loaded 10 meters and 9 plans" in capsys.readouterr().out
-    assert len(container.catalog.list_meters()) == 10
+    meters, plans = len(catalog.read("meters")), len(catalog.read("plans"))
+    assert f"loaded {meters} meters and {plans} plans" in capsys.readouterr().out
+    assert len(container.catalog.list_meters()) == meters
 
 
 def test_a_new_stage_gets_its_first_organization_workspace_and_key(
@@ -119,3 +126,122 @@ def test_an_unreachable_endpoint_is_one_clear_line() -> None:
     done = cli_without_aws("keys", "create", "--org", "ORG-26-090500", METERING_AWS_ENDPOINT=f"http://127.0.0.1:{port}")
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: cannot reach http://127.0.0.1:{port}: is the local stack running (make run)?"
+
+
+# -- the installed command: `pip install -e .` (make install) gives `usage-metering` -------------------------
+
+SCRIPT = Path(sys.executable).parent / "usage-metering"
+
+
+def command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand, as the words that name it (`("keys", "list")`)."""
+    found = [path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.extend(command_paths(sub, (*path, name)))
+    return found
+
+
+def installed(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The console script, run from outside the repository, with no AWS credentials anywhere."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "METERING_"))}
+    clean.update(
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_DEFAULT_REGION="us-east-1",
+        **env,
+    )
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=120)
+
+
+def test_the_console_script_is_installed_and_its_help_lists_every_command(tmp_path: Path) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"] == {"usage-metering": "chalicelib.cli:main"}
+    assert SCRIPT.is_file() and os.access(SCRIPT, os.X_OK), "make install runs `pip install -e .`"
+    done = installed("--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: usage-metering ")
+    commands = [path for path in command_paths(build_parser()) if len(path) == 1]
+    assert {c for (c,) in commands} == {"catalog", "orgs", "workspaces", "keys", "import", "export"}
+    listed = done.stdout.split("positional arguments:")[1].split("options:")[0]
+    for (name,) in commands:
+        assert re.search(rf"^\s+{name}\s+\S", listed, re.MULTILINE), name  # each command, with what it does
+
+
+def test_every_command_and_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    paths = command_paths(build_parser())
+    assert ("keys", "list") in paths and ("catalog", "load") in paths and len(paths) == 13
+    for path in paths:
+        with pytest.raises(SystemExit) as exited:
+            run([*path, "--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: usage-metering" + "".join(f" {word}" for word in path)), out
+        if path:
+            assert out.split("\n\n")[1].strip().endswith("."), out  # a sentence saying what it does
+
+
+def test_the_package_holds_the_code_and_its_catalog_data_and_declares_what_lambda_needs(tmp_path: Path) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lambda_needs = [
+        line.strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert set(lambda_needs) <= set(project["dependencies"])
+    assert any(d.startswith("boto3") for d in project["dependencies"])  # Lambda has it; the command needs it
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            ".",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("usage_metering-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "usage-metering = chalicelib.cli:main" in archive.read(entry_points).decode()
+    assert {"chalicelib/cli.py", "chalicelib/catalog/meters.json", "chalicelib/catalog/plans.json"} <= names
+    assert not any(n.startswith(("tests/", "tools/", "client/")) for n in names)
+
+
+def test_keys_list_and_create_against_the_local_stack_from_outside_the_repository(tmp_path: Path) -> None:
+    with running_stack_process() as stack:
+        assert stack.aws_url.startswith("http://127.0.0.1:")
+        listed = installed("keys", "list", "--endpoint-url", stack.aws_url, cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+        assert sorted(row[1] for row in rows) == ["ORG-26-090500", "ORG-26-090500", "ORG-26-100200"]  # demo keys
+        created = installed(
+            "keys",
+            "create",
+            "--org",
+            "ORG-26-100200",
+            "--scopes",
+            "read",
+            "--name",
+            "cli",
+            cwd=tmp_path,
+            METERING_AWS_ENDPOINT=stack.aws_url,
+        )
+        assert created.returncode == 0, created.stderr
+        key_id = next(line.split()[2] for line in created.stdout.splitlines() if line.startswith("key id:"))
+        again = installed("--endpoint-url", stack.aws_url, "keys", "list", "--org", "ORG-26-100200", cwd=tmp_path)
+        assert key_id in again.stdout and len(again.stdout.splitlines()) == 1 + 2
+        loaded = installed("catalog", "load", "--endpoint-url", stack.aws_url, cwd=tmp_path)  # the packaged JSON
+        packaged = f"loaded {len(catalog.read('meters'))} meters and {len(catalog.read('plans'))} plans"
+        assert loaded.returncode == 0 and packaged in loaded.stdout, loaded.stderr
