@@ -17,10 +17,10 @@ Errors are Metronome's `{"message", "code"}`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from chalice.app import Blueprint
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 from chalicelib.api.http import NO_BODY, Call, Reply, endpoint
 from chalicelib.dialects import ingest_mapping
@@ -49,6 +49,10 @@ class MetronomeUsageEvent(BaseModel):
     properties: dict[str, Any] | None = Field(
         default=None, description="The quantity (the meter's value_property, else value) and metadata."
     )
+
+
+class MetronomeIngestBody(RootModel[Annotated[list[MetronomeUsageEvent], Field(min_length=1, max_length=100)]]):
+    """The body of `POST /v1/ingest`: a JSON array of 1-100 usage events."""
 
 
 def name(index: int) -> str:
@@ -98,6 +102,7 @@ def parse_event(data: Any, index: int, call: Call) -> ForeignEvent:
     scope=METERING_WRITE,
     dialect=METRONOME,
     max_body_bytes=BODY_LIMIT,
+    body=MetronomeIngestBody,
     responses={200: None},
 )
 def ingest_usage(call: Call) -> Reply:
