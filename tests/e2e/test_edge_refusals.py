@@ -4,6 +4,7 @@ as documented), and a refused call costs the caller nothing."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,12 +16,18 @@ from chalicelib.domain import cursors
 from chalicelib.domain.auth import CATALOG_READ
 from chalicelib.services import catalog_admin
 from tests.conftest import FULL_KEY, auth
-from tests.e2e.test_service_lines import RATED_ORG, put_custom_org
-from tests.support import Clock, body, stored_events
+from tests.support import Clock, body, in_memory_container, stored_events
+from tests.unit.test_service_lines import RATED_ORG, put_custom_org
 
 ORG = "ORG-26-090500"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 AGENT_METER_ID = "agent.tokens"
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores: these refusals are the app's own, whatever it stores in."""
+    yield from in_memory_container(monkeypatch)
 
 
 @pytest.fixture
