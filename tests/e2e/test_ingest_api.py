@@ -1,8 +1,9 @@
-"""Ingesting usage through the HTTP API (chalice.test.Client over the real app, emulated AWS)."""
+"""Ingesting usage through the HTTP API (chalice.test.Client over the real app, on the in-memory stores)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,7 +14,7 @@ import pytest
 from chalicelib.container import Container
 from chalicelib.domain.models import ServiceLine
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
-from tests.support import pending_records, stored_events, take_queued_messages
+from tests.support import in_memory_container, pending_records, stored_events, take_queued_messages
 
 EVENTS = "/v1/metering/events"
 BATCH = "/v1/metering/events/batch"
@@ -23,6 +24,12 @@ TALENT = "LIN-26-084729"
 AGENT = "LIN-26-091100"
 OTHER_ORG_LINE = "LIN-26-100201"
 T0 = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores: what ingest stores, refuses and queues is the service's, on any store."""
+    yield from in_memory_container(monkeypatch)
 
 
 @dataclass
