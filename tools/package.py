@@ -8,15 +8,24 @@ directory, the packages the Lambda Python runtime provides (boto3 and its depend
 standard library; and every project module app.py can reach, counting imports inside functions,
 must be in the zip.
 
-    python -m tools.package build/package-dev          # slim and verify, in place
-    python -m tools.package build/package-dev --check  # verify only
+    python -m tools.package build/package-dev               # slim, compile and verify, in place
+    python -m tools.package build/package-dev --no-compile  # slim and verify only
+    python -m tools.package build/package-dev --check       # verify only
+
+Lambda's code directory is read-only, so a module shipped without bytecode is compiled from source
+at every cold start. When this interpreter is the Python of the functions' runtime (sam.json), the
+zip gets a `.pyc` beside every module, in unchecked-hash mode (Python loads it without comparing the
+source's timestamp, which the unpacked zip may not keep); another Python's `.pyc` would be ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
+import py_compile
+import re
 import subprocess
 import sys
 import sysconfig
@@ -45,10 +54,21 @@ RUNTIME_PACKAGES: tuple[str, ...] = ("boto3", "botocore", "s3transfer", "jmespat
 
 
 def excluded(name: str) -> bool:
-    """Whether a path inside the zip is one Lambda never runs (also any bytecode cache)."""
-    if "__pycache__/" in name or (name.endswith(".pyc") and name.startswith(("chalicelib/", "app"))):
-        return True
+    """Whether a path inside the zip is one Lambda never runs."""
     return any(name == path or (path.endswith("/") and name.startswith(path)) for path in EXCLUDED)
+
+
+def runtime_of(package_dir: Path) -> str | None:
+    """The functions' Python runtime (e.g. python3.11) as sam.json names it, if the template is there."""
+    template = package_dir / "sam.json"
+    if not template.exists():
+        return None
+    found = set(re.findall(r'"Runtime":\s*"(python3\.\d+)"', template.read_text(encoding="utf-8")))
+    return found.pop() if len(found) == 1 else None
+
+
+def this_python() -> str:
+    return f"python{sys.version_info.major}.{sys.version_info.minor}"
 
 
 @dataclass(frozen=True)
@@ -60,22 +80,59 @@ class Slimmed:
     bytes_before: int
     bytes_after: int
     dropped: tuple[str, ...]
+    compiled: int
 
 
-def slim(zip_path: Path) -> Slimmed:
-    """Rewrite the zip without the excluded paths (same compression, entries in the same order)."""
+def slim(zip_path: Path, compile_for: str | None = None) -> Slimmed:
+    """Rewrite the zip without the excluded paths (same compression, entries in the same order).
+
+    With `compile_for` equal to this interpreter's runtime name (python3.X), a `.pyc` is added for
+    every module left; a stale one already in the zip is dropped either way.
+    """
     before = zip_path.stat().st_size
     temporary = zip_path.with_suffix(".slim.zip")
     dropped: list[str] = []
+    compiled = 0
     with zipfile.ZipFile(zip_path) as source, zipfile.ZipFile(temporary, "w") as target:
         infos = source.infolist()
+        modules: dict[str, bytes] = {}
         for info in infos:
-            if excluded(info.filename):
+            if excluded(info.filename) or "__pycache__/" in info.filename:
                 dropped.append(info.filename)
                 continue
-            target.writestr(info, source.read(info), compress_type=info.compress_type)
+            data = source.read(info)  # before writestr, which rewrites the ZipInfo's offsets
+            if info.filename.endswith(".py"):
+                modules[info.filename] = data
+            target.writestr(info, data, compress_type=info.compress_type)
+        if compile_for is not None and compile_for == this_python():
+            compiled = _add_bytecode(modules, target)
     os.replace(temporary, zip_path)
-    return Slimmed(len(infos), len(infos) - len(dropped), before, zip_path.stat().st_size, tuple(dropped))
+    with zipfile.ZipFile(zip_path) as archive:
+        files_after = len(archive.namelist())
+    return Slimmed(len(infos), files_after, before, zip_path.stat().st_size, tuple(dropped), compiled)
+
+
+def _add_bytecode(modules: dict[str, bytes], target: zipfile.ZipFile) -> int:
+    """Compile the modules (unchecked-hash .pyc, paths as Lambda sees them) into the target zip."""
+    with tempfile.TemporaryDirectory(prefix="lambda-bytecode-") as work:
+        root = Path(work)
+        for name, data in modules.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        compileall.compile_dir(
+            root,
+            quiet=2,
+            stripdir=str(root),
+            prependdir="/var/task",
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+            workers=1,
+        )
+        count = 0
+        for pyc in sorted(root.rglob("*.pyc")):
+            target.write(pyc, pyc.relative_to(root).as_posix(), compress_type=zipfile.ZIP_DEFLATED)
+            count += 1
+        return count
 
 
 def runtime_site(into: Path, site_packages: Path | None = None) -> Path:
@@ -171,14 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("package_dir", type=Path, help="the directory `chalice package` wrote (holds deployment.zip)")
     parser.add_argument("--check", action="store_true", help="verify only; leave the zip as it is")
+    parser.add_argument("--no-compile", action="store_true", help="add no .pyc files")
     args = parser.parse_args(argv)
     zip_path = args.package_dir / "deployment.zip"
     if not args.check:
-        done = slim(zip_path)
+        runtime = None if args.no_compile else runtime_of(args.package_dir)
+        done = slim(zip_path, compile_for=runtime)
+        if runtime is None or done.compiled == 0:
+            why = "--no-compile" if args.no_compile else f"runtime {runtime}, this interpreter {this_python()}"
+            compiled = f"no .pyc added ({why})"
+        else:
+            compiled = f"{done.compiled} .pyc added for {runtime}"
         print(
             f"slimmed {zip_path}: {done.files_before} -> {done.files_after} files, "
             f"{done.bytes_before / 1e6:.2f} -> {done.bytes_after / 1e6:.2f} MB "
-            f"(dropped {len(done.dropped)}: {', '.join(sorted({_top(n) for n in done.dropped}))})"
+            f"(dropped {len(done.dropped)}: {', '.join(sorted({_top(n) for n in done.dropped}))}; {compiled})"
         )
     checked = verify(zip_path)
     for problem in checked.problems:

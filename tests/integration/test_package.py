@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -79,3 +80,28 @@ def test_the_check_refuses_a_zip_missing_a_module_app_needs(slimmed: Path, tmp_p
 def test_the_check_refuses_a_zip_that_still_holds_the_emulator(built: Path) -> None:
     problems = package.verify(built).problems
     assert "chalicelib/local/emulator.py is in the zip" in problems
+
+
+def test_compiling_adds_unchecked_bytecode_for_every_module_for_the_runtime_python(built: Path, tmp_path: Path) -> None:
+    target = tmp_path / "deployment.zip"
+    shutil.copy(built, target)
+    done = package.slim(target, compile_for=package.this_python())
+    tag = sys.implementation.cache_tag
+    with zipfile.ZipFile(target) as archive:
+        modules = [n for n in archive.namelist() if n.endswith(".py")]
+        for module in modules:
+            folder, _, file = module.rpartition("/")
+            pyc = f"{folder}/__pycache__/{file[:-3]}.{tag}.pyc" if folder else f"__pycache__/{file[:-3]}.{tag}.pyc"
+            if module.startswith(("chalicelib/", "app.py", "pydantic/")):  # project and a dependency: all compile
+                header = archive.read(pyc)[:8]
+                assert header[:4] == importlib.util.MAGIC_NUMBER, module
+                assert int.from_bytes(header[4:8], "little") == 0b01, module  # hash-based, not checked
+    assert done.compiled >= len([m for m in modules if m.startswith("chalicelib/")])
+    assert package.verify(target).problems == ()
+
+
+def test_no_bytecode_for_another_python(built: Path, tmp_path: Path) -> None:
+    target = tmp_path / "deployment.zip"
+    shutil.copy(built, target)
+    assert package.slim(target, compile_for="python3.99").compiled == 0
+    assert not [n for n in names(target) if n.endswith(".pyc")]

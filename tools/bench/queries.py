@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
-import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -16,13 +15,14 @@ from botocore.exceptions import ClientError
 
 from chalicelib.container import Container, set_container
 from chalicelib.domain.models import ServiceLine
-from chalicelib.domain.usage import UsageDraft
+from chalicelib.domain.usage import WHOLE_METERS, UsageDraft
 from chalicelib.local.emulator import Emulator
 from chalicelib.local.runtime import make_context, sqs_event
 from chalicelib.services import catalog_admin
 from chalicelib.services.ingest import ingest
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
 from chalicelib.storage.events_repo import DynamoEventStore
+from chalicelib.storage.memory import MemoryEventStore, MemoryQueue
 from chalicelib.storage.rollups_repo import DynamoRollupStore
 from tools.bench.common import (
     BATCH_SIZE,
@@ -37,49 +37,12 @@ from tools.bench.common import (
     log,
     quantity,
 )
-from tools.bench.meter import CallMeter, key_text
+from tools.bench.meter import CallMeter
 from tools.bench.stack import rolled_up_quantity
 
 if TYPE_CHECKING:
     from chalice.app import Chalice
     from mypy_boto3_dynamodb import DynamoDBClient
-
-
-class MemoryEventsTable:
-    """The loader's events table: items in a dict. The summary never reads events, only rollups."""
-
-    def __init__(self) -> None:
-        self.items: dict[tuple[str, str], dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def put_item(self, **kwargs: Any) -> dict[str, Any]:
-        item, condition = kwargs["Item"], kwargs.get("ConditionExpression")
-        if condition not in (None, "attribute_not_exists(pk)"):
-            raise ValueError(f"unsupported condition {condition}")
-        with self._lock:
-            if condition and key_text(item) in self.items:
-                error = {"Code": "ConditionalCheckFailedException", "Message": "The conditional request failed"}
-                raise ClientError(cast(Any, {"Error": error, "Item": self.items[key_text(item)]}), "PutItem")
-            self.items[key_text(item)] = item
-        return {}
-
-    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            responses = {
-                table: [self.items[key_text(k)] for k in request["Keys"] if key_text(k) in self.items]
-                for table, request in RequestItems.items()
-            }
-        return {"Responses": responses, "UnprocessedKeys": {}}
-
-    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            for requests in RequestItems.values():
-                for request in requests:
-                    if "PutRequest" in request:
-                        self.items[key_text(request["PutRequest"]["Item"])] = request["PutRequest"]["Item"]
-                    else:
-                        self.items.pop(key_text(request["DeleteRequest"]["Key"]), None)
-        return {"UnprocessedItems": {}}
 
 
 class DirectRollups:
@@ -140,16 +103,6 @@ class CachedLinesCatalog(DynamoCatalogRepository):
         return self._lines[(organization_id, line_id)]
 
 
-class MemoryQueue:
-    """The loader's queue: bodies kept in memory, delivered to the real aggregator handler."""
-
-    def __init__(self) -> None:
-        self.bodies: list[str] = []
-
-    def send(self, body: str, attributes: dict[str, str] | None = None) -> None:
-        self.bodies.append(body)
-
-
 COMBOS = [(line, meter) for line, meters in SUMMARY_LINES.items() for meter in meters]
 SPREAD_EVENTS = 1_000  # enough to touch every (line, meter, day) of SUMMARY_LINES over SUMMARY_DAYS
 
@@ -158,13 +111,15 @@ class SummaryLoader:
     """Loads usage through ingest() in batches of 100 and rolls it up through the aggregator handler."""
 
     def __init__(self, app: Chalice, container: Container, today: dt.date) -> None:
-        events = cast("DynamoDBClient", MemoryEventsTable())
+        # The code under measure is the summary's reads of the rollups table on the emulator. The events
+        # never need the emulator here (the summary never reads them): the in-memory event store
+        # (storage/memory.py) holds them, and the rollups reach the emulator's table without botocore.
         rollups = cast("DynamoDBClient", DirectRollups(container.settings.region))
         self.app = app
         self.container = container
         self.loading = replace(
             container,
-            events=DynamoEventStore(container.settings.events_table, client=events),
+            events=cast(DynamoEventStore, MemoryEventStore()),
             rollups=DynamoRollupStore(container.settings.rollups_table, client=rollups),
         )
         self.catalog = CachedLinesCatalog(container.settings.catalog_table)
@@ -188,7 +143,7 @@ class SummaryLoader:
         return UsageDraft(
             service_line_id=line,
             meter=meter,
-            quantity=quantity(n),
+            quantity=quantity(n).to_integral_value() + 1 if meter in WHOLE_METERS else quantity(n),
             period_date=self.today - dt.timedelta(days=day),
             event_time=None,
             source="bench",
@@ -204,7 +159,7 @@ class SummaryLoader:
             drafts = [self.draft(n) for n in range(self.loaded, min(count, self.loaded + BATCH_SIZE))]
             outcomes = ingest(list(drafts), ORG, self.catalog, self.loading.events, queue, now)
             if any(o.status != "accepted" for o in outcomes):
-                raise RuntimeError(f"summary load: {[o.status for o in outcomes if o.status != 'accepted'][:3]}")
+                raise RuntimeError(f"summary load: {[o for o in outcomes if o.status != 'accepted'][:2]}")
             self.loaded += len(drafts)
             self.total += sum((d.quantity for d in drafts), Decimal(0))
         handler = self.app.handler_map["aggregate_usage"]
