@@ -15,6 +15,7 @@ import pytest
 
 from chalicelib.container import Container, set_container
 from chalicelib.domain.models import instant
+from chalicelib.local import chalice_fixes
 from chalicelib.local.runtime import sqs_event
 from chalicelib.services import catalog_admin
 from chalicelib.storage import clients
@@ -31,6 +32,7 @@ def in_memory_container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
     (the body of a `container` fixture: the same data as the emulator-backed one in tests/conftest.py)."""
     for name in ("DEMO_API_KEY", "DEMO_READONLY_API_KEY", "DEMO_API_KEY_2"):
         monkeypatch.delenv(name, raising=False)
+    chalice_fixes.install()  # chalice.test.Client routes a greedy {proxy+} as API Gateway does (as over the emulator)
     built = Container.in_memory()
     catalog_admin.load_platform_catalog(built.catalog)
     catalog_admin.load_demo_data(built.catalog)

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from chalicelib.container import Container
 from chalicelib.services import catalog_admin
 from tests.conftest import FULL_KEY, READ_KEY, auth
+from tests.support import in_memory_container
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 def body(response: Any) -> Any:

@@ -26,11 +26,17 @@ from chalicelib.domain.models import Organization, Plan, Workspace
 from chalicelib.services import catalog_admin
 from tests.conftest import FULL_KEY
 from tests.e2e.localstack import running_stack
-from tests.support import Clock
+from tests.support import Clock, in_memory_container
 from tools.deploy_template import merge_template
 
 BEARER = {"Authorization": f"Bearer {FULL_KEY}"}
 EVENT = {"service_line_id": "LIN-26-084729", "meter": "talent.hours", "quantity": 2}
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 def parsed(response: Any) -> Any:

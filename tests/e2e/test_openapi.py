@@ -6,18 +6,28 @@ import json
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from openapi_spec_validator import validate
 
 from app import app
 from chalicelib.api.http import EDGE_ROUTES
 from chalicelib.api.openapi import build_document
+from chalicelib.container import Container
 from tests.conftest import FULL_KEY
 from tests.e2e.localstack import running_stack
+from tests.support import in_memory_container
 
 SCHEMATHESIS_CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 def test_document_is_valid_openapi_and_documents_every_route() -> None:
