@@ -507,6 +507,9 @@ class Client:
             failures += 1
             with self._cond:
                 self._retried += len(batch)
+            # A long Retry-After (a monthly quota) must not hold events past the moment they are given up.
+            first = min(p.first_sent for p in batch if p.first_sent is not None)
+            delay = min(delay, max(0.0, first + self.give_up_after - time.monotonic()) + 0.001)
             if self._abort.wait(delay):
                 return
 

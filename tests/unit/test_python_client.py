@@ -328,6 +328,18 @@ def test_an_event_unacknowledged_past_give_up_after_fails_instead_of_being_retri
     assert [(f.idempotency_key, f.code) for f in client.failed] == [(k, "given_up") for k in keys]
 
 
+def test_a_retry_after_longer_than_give_up_after_does_not_hold_events_past_it(
+    service: FakeService, make_client: Callable[..., Client]
+) -> None:
+    quota = {"error": {"code": "rate_limited", "message": "monthly API calls used"}}
+    service.script.append((429, {"Retry-After": "86400"}, quota))
+    client = make_client(give_up_after=0.5)
+    keys = record_many(client, 2)
+    assert client.flush(timeout=10)  # not a day
+    assert [(f.idempotency_key, f.code) for f in client.failed] == [(k, "given_up") for k in keys]
+    assert len(service.batches) == 1
+
+
 # -- flush, queue, close, exit ----------------------------------------------------------------------
 
 
