@@ -7,6 +7,7 @@ reported usage lands in the same event store the native API reads.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from chalicelib.domain.auth import ALL_SCOPES, METER_REPORT, USAGE_READ
 from chalicelib.domain.models import ServiceLine
 from chalicelib.services import catalog_admin
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
-from tests.support import Clock, body, run_aggregator
+from tests.support import Clock, body, in_memory_container, run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -35,6 +36,12 @@ REPORT = "/v1/meter-usage"
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 @pytest.fixture

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +27,7 @@ from chalicelib import jsonutil
 from chalicelib.container import Container
 from chalicelib.domain.usage import WHOLE_METERS
 from tests.conftest import FULL_KEY, auth
-from tests.support import run_aggregator
+from tests.support import in_memory_container, run_aggregator
 
 BASE = datetime(2026, 4, 10, tzinfo=UTC)
 DAYS = 4
@@ -67,6 +69,12 @@ aligned_bounds = st.integers(0, DAYS - 1).flatmap(lambda a: st.tuples(st.just(a)
 any_bounds = st.integers(0, DAYS * 86_400 - 2).flatmap(
     lambda a: st.tuples(st.just(a), st.integers(a + 1, DAYS * 86_400 - 1))
 )
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 def text(moment: datetime) -> str:

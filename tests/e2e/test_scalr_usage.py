@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,7 +25,7 @@ from chalicelib.domain.usage import RollupDelta, RollupKey
 from chalicelib.services import catalog_admin
 from chalicelib.storage.rollups_repo import ApplyUnit
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY
-from tests.support import run_aggregator
+from tests.support import in_memory_container, run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -54,6 +55,12 @@ EVENTS: list[tuple[str, str, str, str]] = [
     ("LIN-26-084729", "talent.hours", "8", "2026-05-10"),
     ("LIN-26-084729", "talent.hours", "6", "2026-05-14"),
 ]
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 def body(response: Any) -> Any:

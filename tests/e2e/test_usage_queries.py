@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +24,7 @@ from chalicelib.domain.auth import CATALOG_READ, METERING_WRITE
 from chalicelib.domain.models import ServiceLine, Workspace
 from chalicelib.services import catalog_admin
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
-from tests.support import Clock, body, run_aggregator
+from tests.support import Clock, body, in_memory_container, run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -38,6 +39,12 @@ T0 = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 @pytest.fixture
