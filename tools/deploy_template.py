@@ -429,7 +429,7 @@ def operations_conditions() -> dict[str, Any]:
     return {
         TRACING_ON: {"Fn::Equals": [{"Ref": "TracingEnabled"}, "true"]},
         HAS_SUBSCRIPTION: {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmSubscriptionEndpoint"}, ""]}]},
-        CONCURRENCY_RESERVED: {"Fn::Not": [{"Fn::Equals": [{"Ref": "AggregatorReservedConcurrency"}, 0]}]},
+        CONCURRENCY_RESERVED: {"Fn::Not": [{"Fn::Equals": [{"Ref": "AggregatorReservedConcurrency"}, "0"]}]},
     }
 
 

@@ -739,7 +739,7 @@ def test_aggregator_concurrency_is_a_stage_setting_its_event_source_never_exceed
     assert scaling == {
         "Fn::If": ["AggregatorConcurrencyReserved", {"MaximumConcurrency": reserved}, {"Ref": "AWS::NoValue"}]
     }
-    assert template["Conditions"]["AggregatorConcurrencyReserved"] == {"Fn::Not": [{"Fn::Equals": [reserved, 0]}]}
+    assert template["Conditions"]["AggregatorConcurrencyReserved"] == {"Fn::Not": [{"Fn::Equals": [reserved, "0"]}]}
     (rule,) = template["Rules"].values()
     assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [reserved, "1"]}]}
     others = [f for f in resources_of(template, "AWS::Serverless::Function") if f != "AggregateUsage"]
