@@ -557,7 +557,7 @@ def alarms(stage: str) -> dict[str, Any]:
         ),
         "ReconcileDriftAlarm": alarm(
             "Reconciliation found rollups that differed from the raw events and repaired them: summaries were "
-            "wrong until then. The aggregator's logs name the repairs.",
+            "wrong until then. The aggregator's `aggregated` log lines count them (rollups_repaired).",
             metric(obs.NAMESPACE, obs.ROLLUPS_REPAIRED, {"service": obs.SERVICE}, "Sum", 600),
             0,
         ),
