@@ -12,18 +12,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
+from typing import Any, cast
 
 from chalicelib import catalog as catalog_data
 from chalicelib import observability
 from chalicelib.container import Container
 from chalicelib.domain.ingest_mapping import ForeignEvent, IngestMapping, MappedEvent, map_event, parse_mapping
-from chalicelib.domain.models import Meter
+from chalicelib.domain.models import Meter, ServiceLine
 from chalicelib.domain.usage import UsageDraft
 from chalicelib.errors import ErrorCode, MeteringError
 from chalicelib.services.ingest import IngestOutcome, ingest
 from chalicelib.services.ports import CatalogReader
 
 OVERRIDES = "ingest_mappings"
+
+
+class LinesOnce:
+    """The catalog as one request sees it: an organization's service lines are listed once, not once
+    per event (the default line of each event's meter is picked from that list)."""
+
+    def __init__(self, catalog: CatalogReader) -> None:
+        self._catalog = catalog
+        self._lines: dict[str, list[ServiceLine]] = {}
+
+    def list_service_lines(self, organization_id: str) -> list[ServiceLine]:
+        if organization_id not in self._lines:
+            self._lines[organization_id] = self._catalog.list_service_lines(organization_id)
+        return list(self._lines[organization_id])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
 
 
 @lru_cache(maxsize=1)
@@ -68,6 +86,7 @@ def store(
     ingested as two calls (the use case takes one line rule per call).
     """
     outcomes: list[IngestOutcome | None] = [None] * len(prepared)
+    snapshot = cast(CatalogReader, LinesOnce(container.catalog))
     for by_rule in (True, False):
         indexes: list[int] = []
         items: list[UsageDraft | MeteringError] = []
@@ -80,7 +99,7 @@ def store(
         if not items:
             continue
         c = container
-        answers = ingest(items, organization_id, c.catalog, c.events, c.queue, now, line_by_rule=by_rule)
+        answers = ingest(items, organization_id, snapshot, c.events, c.queue, now, line_by_rule=by_rule)
         for index, answer in zip(indexes, answers, strict=True):
             mapped = prepared[index]
             if answer.error is not None and isinstance(mapped, MappedEvent):
