@@ -147,16 +147,23 @@ def request_failure(
     ]
     if not failures:
         return None
-    stored = sum(1 for outcome in outcomes if outcome.status in ("accepted", "duplicate"))
+    done = ("accepted", "duplicate", "conflict") if conflicts_are_duplicates else ("accepted", "duplicate")
+    stored = sum(1 for outcome in outcomes if outcome.status in done)
+    more = f" ({len(failures) - 1} more of its events were refused too.)" if len(failures) > 1 else ""
     after = (
-        f" The other {stored} events of this request are stored; sending the request again stores each at most once."
+        f" The {_events(stored, 'other')} of this request {'is' if stored == 1 else 'are'} stored; sending the "
+        "request again stores each at most once."
         if stored
         else ""
     )
     unavailable = [(i, o) for i, o in failures if o.error is not None and o.error.http_status >= 500]
     index, outcome = (unavailable or failures)[0]
     error = outcome.error or MeteringError(ErrorCode.INTERNAL_ERROR)
-    return Refusal(error, _named(name(index), error) + after, status=_status(error))
+    return Refusal(error, _named(name(index), error) + more + after, status=_status(error))
+
+
+def _events(count: int, adjective: str) -> str:
+    return f"{adjective} event" if count == 1 else f"{adjective} {count} events"
 
 
 def _named(where: str, error: MeteringError) -> str:

@@ -156,8 +156,8 @@ def test_metronome_an_event_the_catalog_refuses_is_named_and_the_others_stay_sto
         response = post(client, "/v1/ingest", request)
         assert response.status_code == 400
         assert body(response) == {
-            "message": f"usage[1]: Service line '{TALENT}' is paused and accepts no usage. The other 1 events of "
-            "this request are stored; sending the request again stores each at most once.",
+            "message": f"usage[1]: Service line '{TALENT}' is paused and accepts no usage. The other event of "
+            "this request is stored; sending the request again stores each at most once.",
             "code": "service_line_inactive",
         }
     assert [(e["meter"], e["quantity"]) for e in listed(client)] == [("agent.runs", 4)]
