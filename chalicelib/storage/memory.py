@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
 from typing import Any
 
 from chalicelib.domain.models import ApiKey, Meter, Organization, Plan, ServiceLine, UsageEvent, Workspace, instant
 from chalicelib.domain.pipeline import PendingBatch, PutOutcome, archive_slot
-from chalicelib.domain.store import Idempotency, IdTakenError
+from chalicelib.domain.store import Idempotency, IdTakenError, StoreError
 from chalicelib.storage.events_repo import check_line_position, pending_shard
 from chalicelib.storage.keys import (
     ACTIVE_LINES_SK,
@@ -37,9 +38,33 @@ __all__ = ["MemoryCatalogRepository", "MemoryEventStore", "MemoryQueue", "Memory
 Position = dict[str, Any]
 
 
+# DynamoDB's numbers as boto3 serializes them (38 significant digits; a value it would round or clamp
+# raises the decimal module's error before any request), and the range DynamoDB itself accepts.
+_NUMBERS = Context(Emin=-128, Emax=126, prec=38, traps=[Clamped, Overflow, Inexact, Rounded, Underflow])
+_SMALLEST, _TOO_BIG = Decimal("1E-130"), Decimal("1E+126")
+
+
+def check_storable(value: Any, where: str = "item") -> None:
+    """Refuse what the DynamoDB adapter cannot store, the way it refuses it: a float (TypeError), a number
+    boto3 would round (decimal's ArithmeticError), or one outside DynamoDB's range (StoreError)."""
+    if isinstance(value, float):
+        raise TypeError("floats are never stored; use Decimal")
+    if isinstance(value, Decimal):
+        _NUMBERS.create_decimal(value)
+        if not value.is_zero() and not _SMALLEST <= abs(value) < _TOO_BIG:
+            raise StoreError(f"{where}: {value} is outside DynamoDB's number range", "ValidationException")
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            check_storable(inner, f"{where}.{key}")
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for inner in value:
+            check_storable(inner, where)
+
+
 def _stored(event: UsageEvent) -> UsageEvent:
     """The event as a store gives it back: instants at millisecond precision, nothing shared with the caller."""
     values = event.model_dump(mode="python")
+    check_storable(values, "event")
     values.update(event_time=instant(event.event_time), recorded_at=instant(event.recorded_at))
     return UsageEvent.model_validate(values)
 

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from chalicelib.domain.ids import batch_id, ulid_floor, usage_event_id
 from chalicelib.domain.models import UsageEvent
 from chalicelib.domain.pipeline import PendingBatch, archive_slot, slot_for
-from chalicelib.domain.store import StoreUnavailable
+from chalicelib.domain.store import StoreError, StoreUnavailable
 from chalicelib.services.ports import EventStore
 from chalicelib.storage.events_repo import DynamoEventStore
 from tests.contract.conftest import as_json
@@ -291,3 +291,28 @@ def test_the_dynamodb_store_raises_its_own_exceptions(error: Exception) -> None:
         list(store.pending_before("~"))
     with pytest.raises(StoreUnavailable):
         store.get(ORG, "K#k")
+
+
+@pytest.mark.parametrize(
+    "quantity", ["0", "1000000000000", "999999999999.999999999", "0.000000001", "2.5", "1E+12", "25E-1"]
+)
+def test_quantities_come_back_exactly(event_store: EventStore, quantity: str) -> None:
+    e = event("k-q", quantity=quantity)
+    put(event_store, e)
+    stored = event_store.get(ORG, "K#k-q")
+    assert stored is not None and stored.quantity == Decimal(quantity)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "refusal"),
+    [("0E+200", ArithmeticError), ("1." + "0" * 40, ArithmeticError), ("1E-131", StoreError)],
+)
+def test_a_number_dynamodb_cannot_store_is_refused_and_nothing_is_written(
+    event_store: EventStore, spelling: str, refusal: type[Exception]
+) -> None:
+    """What usage.storable exists for: a value spelled beyond DynamoDB's numbers is refused by either store
+    (boto3's serializer will not round it; DynamoDB refuses one outside its range)."""
+    e = event("k-bad", quantity=spelling)
+    with pytest.raises(refusal):
+        event_store.put_new(e, "K#k-bad")
+    assert event_store.get(ORG, "K#k-bad") is None
