@@ -347,7 +347,8 @@ def zip_cold_text(cold: ColdStart) -> str:
     if cold.zip_app is None or cold.zip_boto3 is None:
         return ""
     return (
-        f" From the unpacked zip, compiling as Lambda must: {fmt(cold.zip_app.median_ms, 0)} ms against "
+        " From the unpacked zip (its own `.pyc` files, none written, as on Lambda): "
+        f"{fmt(cold.zip_app.median_ms, 0)} ms against "
         f"{fmt(cold.zip_boto3.median_ms, 0)} ms ({fmt(cold.zip_ratio or 0)}x; "
         f"self ms by package: {cold.zip_app.top(8)})."
     )
