@@ -121,6 +121,12 @@ def parse_form(call: Call) -> tuple[dict[str, str], dict[str, str]]:
     """The form's parameters and its payload; a 400 for what Stripe would refuse."""
     if len(call.raw_body) > call.max_body_bytes:
         raise MeteringError(ErrorCode.PAYLOAD_TOO_LARGE, f"The request body exceeds {call.max_body_bytes} bytes.")
+    if (call.header("content-type") or "").split(";")[0].strip().lower() == "application/json":
+        raise MeteringError(
+            ErrorCode.INVALID_REQUEST,
+            "The body must be form-encoded (application/x-www-form-urlencoded), as Stripe's API takes it: "
+            "event_name=...&payload[stripe_customer_id]=...&payload[value]=...",
+        )
     try:
         pairs = parse_qsl(call.raw_body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except (UnicodeDecodeError, ValueError):
@@ -134,7 +140,7 @@ def parse_form(call: Call) -> tuple[dict[str, str], dict[str, str]]:
         elif key in ("event_name", "identifier", "timestamp"):
             params[key] = value
         elif not _EXPAND.fullmatch(key):
-            raise unknown(key.split("[", 1)[0] if key.startswith("payload") else key)
+            raise unknown((key.split("[", 1)[0] if key.startswith("payload") else key)[:100])
     return params, payload
 
 

@@ -252,6 +252,14 @@ def test_stripe_without_identifier_each_request_is_an_event_unless_an_idempotenc
     assert len(listed(client)) == 3
 
 
+def test_stripe_takes_a_form_not_json(client: Any, clock: Clock) -> None:
+    response = post(client, "/v1/billing/meter_events", {"event_name": "agent.runs", "payload": {"value": "1"}})
+    assert response.status_code == 400
+    error = body(response)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request")
+    assert "form-encoded" in error["message"]
+
+
 @pytest.mark.parametrize(
     "data,param,code",
     [
