@@ -108,7 +108,12 @@ def send_all(base_url: str, moment: datetime) -> Sent:
         "timestamp": int(moment.timestamp()),
     }
     first = payments.v1.billing.meter_events.create(params=params)
-    replayed = payments.v1.billing.meter_events.create(params=params)
+    saved = stripe.api_base
+    stripe.api_base = base_url  # the library's module-level way, for the replay
+    try:
+        replayed = stripe.billing.MeterEvent.create(api_key=FULL_KEY, **params)
+    finally:
+        stripe.api_base = saved
     return Sent(base_url, moment, metronome, client, payments, first, replayed)
 
 
