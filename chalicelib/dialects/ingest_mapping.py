@@ -78,9 +78,16 @@ def prepare(
 
 
 def store(
-    container: Container, organization_id: str, prepared: Sequence[MappedEvent | MeteringError], now: datetime
+    container: Container,
+    organization_id: str,
+    prepared: Sequence[MappedEvent | MeteringError],
+    now: datetime,
+    conflicts_are_duplicates: bool = False,
 ) -> list[IngestOutcome]:
     """Ingest the prepared events; one outcome per item, in order (an error item is rejected alone).
+
+    With `conflicts_are_duplicates` (dialects that deduplicate by id alone), a known key with another
+    payload is counted as a duplicate in the metrics, as the dialect answers it.
 
     Events whose line the organization's default rule picks and events whose mapping names a line are
     ingested as two calls (the use case takes one line rule per call).
@@ -106,7 +113,8 @@ def store(
                 answer = replace(answer, error=mapped.translate(answer.error))
             outcomes[index] = answer
     done = [o or IngestOutcome("rejected", error=MeteringError(ErrorCode.INTERNAL_ERROR)) for o in outcomes]
-    observability.count_outcomes([o.status for o in done])
+    ignored = "duplicate" if conflicts_are_duplicates else "conflict"
+    observability.count_outcomes([ignored if o.status == "conflict" else o.status for o in done])
     return done
 
 

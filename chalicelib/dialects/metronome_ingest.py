@@ -125,7 +125,7 @@ def ingest_usage(call: Call) -> Reply:
     invalid = ingest_mapping.first_invalid(prepared, name)
     if invalid is not None:
         raise invalid
-    outcomes = ingest_mapping.store(call.container, call.organization_id, prepared, now)
+    outcomes = ingest_mapping.store(call.container, call.organization_id, prepared, now, conflicts_are_duplicates=True)
     failure = ingest_mapping.request_failure(outcomes, name, conflicts_are_duplicates=True)
     if failure is not None:
         raise failure
