@@ -1,7 +1,9 @@
 """`python -m tools.bench [--only SECTION,...]`: run the sections, print one table, write docs/benchmarks.md.
 
 Every section runs by default (what `make bench` does) and the document is written only then;
-`--only` runs some sections and prints their rows (for working on one section).
+`--only` runs some sections and prints their rows (for working on one section). A full run keeps
+its results in build/bench-results.pickle; `--render` rewrites the document from them (after a
+change to the report's text, without measuring again).
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import pickle
 import sys
 import time
 from typing import TextIO
 
 from tools.bench import cold_start, package_size, spread
-from tools.bench.common import DOC, PACKAGE_ZIP, RAW_PUTS, log
+from tools.bench.common import DOC, PACKAGE_ZIP, RAW_PUTS, ROOT, log
 from tools.bench.ingest_http import IngestResults, measure_http_ingest, measure_raw_puts
 from tools.bench.pipeline import measure_cost
 from tools.bench.queries import measure_summary
 from tools.bench.report import Results, document, render_table, table_rows
 
 SECTIONS = ("package", "cold_start", "ingest", "pipeline", "queries", "spread")
+SAVED = ROOT / "build" / "bench-results.pickle"
 
 
 def run(sections: set[str], results: Results) -> None:
@@ -47,7 +51,15 @@ def run(sections: set[str], results: Results) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--render", action="store_true", help=f"rewrite {DOC.name} from {SAVED.name}")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = pickle.loads(SAVED.read_bytes())  # our own file, written below
+        results, started_at, runtime, load = saved
+        table = render_table(table_rows(results))
+        DOC.write_text(document(results, table, started_at, runtime, load), encoding="utf-8")
+        print(table)
+        return 0
     sections = set(args.only.split(",")) if args.only else set(SECTIONS)
     if unknown := sections - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
@@ -66,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     table = render_table(table_rows(results))
     runtime = time.perf_counter() - started
     if sections == set(SECTIONS):
+        SAVED.parent.mkdir(exist_ok=True)
+        SAVED.write_bytes(pickle.dumps((results, started_at, runtime, load)))
         DOC.write_text(document(results, table, started_at, runtime, load), encoding="utf-8")
         log(f"wrote {DOC}; {runtime:.0f} s")
     print(table)

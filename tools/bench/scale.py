@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tools.bench.common import BATCH_SIZE, PRICE_LAMBDA, PRICE_RRU, PRICE_SQS, PRICE_WRU, fmt
+from tools.bench.common import BATCH_SIZE, PRICE_LAMBDA, PRICE_RRU, PRICE_SQS, PRICE_WRU, SQS_BATCH, fmt
 from tools.bench.pipeline import PhaseCost
 
 PARTITION_WCU = 1_000  # per partition per second (AWS-FACTS.md)
@@ -197,7 +197,9 @@ Partitions and shards are planned at {HEADROOM:.0%} of their limit.
 {table}
 
 (Requests/s x duration = concurrency; WRU/s = events/s x the units per event of that kind
-measured above; $ per hour = events/s x 3,600 x units per event x the price per million, plus
+measured above, the rollups' as coalesced by the bench's aggregator runs of {SQS_BATCH} messages,
+about 10x what the deployed event source's {DEPLOYED_SQS_BATCH} would cost on the single path;
+$ per hour = events/s x 3,600 x units per event x the price per million, plus
 Lambda GB-seconds at {LAMBDA_GB} GB x ${PRICE_LAMBDA_GB_S}/GB-s (*) and API Gateway REST at
 ${PRICE_APIGW_REST:.2f} per million requests (*).)
 
