@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from chalicelib.domain.aggregation import AGGREGATIONS
 from chalicelib.domain.models import (
     ExecutionModel,
     Meter,
@@ -55,6 +56,15 @@ class MeterPublic(BaseModel):
     description: str
     uuid: str
     status: str
+    aggregation: str = Field(
+        description="How usage of the meter adds up in a period: "
+        + "; ".join(f"{name}: {a.description}" for name, a in AGGREGATIONS.items()),
+        json_schema_extra={"enum": list(AGGREGATIONS)},
+    )
+    value_property: str | None = Field(
+        description="unique_count: the metadata property whose distinct values are counted (events must carry it)."
+    )
+    group_by: list[str] = Field(description="Metadata keys usage can be grouped by (at most 2).")
 
     @classmethod
     def of(cls, meter: Meter) -> MeterPublic:
@@ -66,6 +76,9 @@ class MeterPublic(BaseModel):
             description=meter.description,
             uuid=meter.uuid,
             status=meter.status,
+            aggregation=meter.aggregation,
+            value_property=meter.value_property,
+            group_by=list(meter.group_by),
         )
 
 
@@ -189,6 +202,16 @@ class ScopeQuery(QueryBase):
         if value is not None and not (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
             raise ValueError("must be a date in YYYY-MM-DD form")
         return value
+
+
+class SummaryQuery(ScopeQuery):
+    """The summary's filters, and an optional metadata key to break each meter's value down by."""
+
+    group_by: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A metadata key: meters that group by it (GET /v1/meters, group_by) list their value per group.",
+    )
 
 
 class UsageQuery(ScopeQuery):
@@ -352,10 +375,25 @@ class UsageListPublic(BaseModel):
     meta: ListMeta
 
 
+class SummaryGroup(BaseModel):
+    """A meter's value over the period for one value of the group_by key."""
+
+    value: str | None = Field(description="The metadata value (as text); null for missing and other.")
+    kind: Literal["value", "missing", "other"] = Field(
+        description="value: events carrying this value; missing: events without the key; other: the values "
+        "past the meter's bound of 1,000 distinct values per service line and day."
+    )
+    quantity: Decimal
+
+
 class SummaryMeter(BaseModel):
     meter: str
-    quantity: Decimal
+    quantity: Decimal = Field(description="The meter's aggregation over the period (the sum for sum meters).")
     unit: str
+    aggregation: str
+    groups: list[SummaryGroup] | None = Field(
+        default=None, description="With group_by, for meters that group by that key: the value per group."
+    )
 
 
 class SummaryLine(BaseModel):

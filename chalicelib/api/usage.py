@@ -7,7 +7,14 @@ from datetime import date
 from chalice.app import Blueprint
 
 from chalicelib.api.http import Call, Reply, endpoint
-from chalicelib.api.schemas import ScopeQuery, UsageEventPublic, UsageListPublic, UsageQuery, UsageSummaryPublic
+from chalicelib.api.schemas import (
+    ScopeQuery,
+    SummaryQuery,
+    UsageEventPublic,
+    UsageListPublic,
+    UsageQuery,
+    UsageSummaryPublic,
+)
 from chalicelib.domain import cursors
 from chalicelib.domain.auth import USAGE_READ
 from chalicelib.domain.models import ServiceLine
@@ -60,17 +67,24 @@ def list_usage(call: Call) -> Reply:
     )
 
 
-@endpoint(bp, "/v1/usage/summary", scope=USAGE_READ, query=ScopeQuery, responses={200: UsageSummaryPublic})
+@endpoint(bp, "/v1/usage/summary", scope=USAGE_READ, query=SummaryQuery, responses={200: UsageSummaryPublic})
 def usage_summary(call: Call) -> Reply:
-    """Usage per service line and meter over a period, with cost estimates, from rollups only."""
-    query = call.query_as(ScopeQuery)
+    """Usage per service line and meter over a period (each meter under its aggregation), with cost
+    estimates, from rollups only; group_by breaks meters down by a metadata key."""
+    query = call.query_as(SummaryQuery)
     today = call.container.clock().date()
     end = query.to or today
     if query.from_ is not None and query.from_ > end:
         raise validation_error("from", "must not be after 'to' (which defaults to today)")
     start = query.from_ or end.replace(day=1)
     lines = _lines(call, query)
-    summary = queries.summarize(call.container.catalog, call.container.rollups, call.organization_id, lines, start, end)
+    if query.group_by is not None:
+        keys = sorted({key for meter in call.container.catalog.list_meters() for key in meter.group_by})
+        if query.group_by not in keys:
+            raise validation_error("group_by", f"no meter groups by '{query.group_by}' (keys: {', '.join(keys)})")
+    summary = queries.summarize(
+        call.container.catalog, call.container.rollups, call.organization_id, lines, start, end, query.group_by
+    )
     return Reply(
         {
             "data": {

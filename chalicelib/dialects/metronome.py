@@ -32,7 +32,7 @@ row's start_timestamp and end_timestamp say exactly what it counts: day windows 
 Rows: one per (customer, billable metric, window), value 0 where there was no usage, in a stable
 order: customer, then billable metric (the order of `billable_metrics`, or by meter id when it is
 absent), then window start. Without `billable_metrics`, the rows cover every active meter that one
-of the customer's service lines rates. Plain queries read rollups only, never raw events.
+of the customer's service lines rates. Queries read rollups only, never raw events.
 
 Limits:
 
@@ -42,15 +42,17 @@ Limits:
   number of windows: a long period is paged (60 days of hours for one metric is 1,440 rows, 15
   pages), and each page reads only the rollups of its own windows. A period may span at most
   3,660 days (ten years);
-- `group_by` (`{key, values?}`, the key one of the meter's `group_keys`): rollups carry no
-  metadata, so groups are computed from the raw events of the service lines that have rollups of
-  the meter in the page's windows, by `period_date`: `day` and `none` windows only (an `hour`
-  window with `group_by` is a 400: hourly usage is kept without metadata). Metadata values are
-  matched as text (numbers in plain decimal form, booleans as true/false). `groups` maps each
-  requested value to its quantity, or to null when no event of the window carries it; without
-  `values`, a window lists the values its events carry, at most 200 (the first in sorted order).
-  The row's `value` is still the rollup total. Grouping reads at most 100,000 events per page,
-  else a 400 asks for a shorter period.
+- `group_by` (`{key, values?}`, the key one of the meter's `group_by` keys): read from the rollups
+  kept per group value (day rollups for `day` and `none` windows, hour rollups for `hour` windows),
+  never raw events. Metadata values are matched as text (numbers in plain decimal form, booleans as
+  true/false). `groups` maps each requested value to its value under the meter's aggregation, or to
+  null when no event of the window carries it; without `values`, a window lists the values its
+  events carry, at most 200 (the first in sorted order), and `__other__` for the values past the
+  meter's bound of distinct values per day (docs/architecture.md). Events without the key count in
+  the row's `value`, which is still the total of every event, but in no group.
+
+Values: each row's `value` is the meter's aggregation over the window (sum, count, max, min, latest
+or unique count; see `GET /v1/meters`), across the customer's service lines.
 
 Errors are Metronome's `{"message": "...", "code": "..."}` with the HTTP status.
 """
@@ -58,10 +60,9 @@ Errors are Metronome's `{"message": "...", "code": "..."}` with the HTTP status.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -70,32 +71,28 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from chalicelib.api.http import Call, Reply, endpoint, parse_model
 from chalicelib.domain import cursors
+from chalicelib.domain.aggregation import EMPTY, NO_GROUP, OTHER_GROUP, RollupState, fold
 from chalicelib.domain.auth import USAGE_READ
-from chalicelib.domain.models import Meter, ServiceLine, UsageEvent, organization_uuid
-from chalicelib.domain.money import exact_sum
+from chalicelib.domain.models import Meter, ServiceLine, organization_uuid
+from chalicelib.domain.timestamps import TimestampError, parse_rfc3339, rfc3339
+from chalicelib.domain.windows import DAY, HOUR, MAX_PERIOD, Windows, ceil_to, floor_to, make_windows
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
 from chalicelib.services import queries
-from chalicelib.services.ports import CatalogRepository
-from chalicelib.storage.events_repo import DynamoEventStore
+from chalicelib.services.ports import CatalogReader as CatalogRepository
+
+__all__ = ["DAY", "HOUR", "MAX_PERIOD", "Windows", "ceil_to", "floor_to", "make_windows", "rfc3339"]
 
 bp = Blueprint(__name__)
 
 PAGE_SIZE = 100
-MAX_PERIOD = timedelta(days=3660)
 MAX_GROUP_VALUES = 200
-MAX_GROUP_EVENTS = 100_000
+OTHER_LABEL = "__other__"
 MAX_CUSTOMERS = 100
 MAX_METRICS = 100
 BODY_LIMIT = 64 * 1024
 CURSOR_KIND = "metronome.usage"
-DAY = timedelta(days=1)
-HOUR = timedelta(hours=1)
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_RFC3339 = re.compile(
-    r"^(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d{1,9}))?"
-    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})$"
-)
 
 WindowSize = Literal["hour", "day", "none", "HOUR", "DAY", "NONE", "Hour", "Day", "None"]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -241,88 +238,19 @@ class UsagePagePublic(BaseModel):
     next_page: str | None
 
 
-# -- windows -------------------------------------------------------------------
+# -- windows (chalicelib/domain/windows.py) ----------------------------------------
 
 
 def parse_instant(value: str, field: str) -> datetime:
     """An RFC 3339 date-time with a zone (Z or +hh:mm), as UTC."""
-    match = _RFC3339.match(value.strip())
-    if match is None:
-        raise validation_error(field, "must be an RFC 3339 date-time with a time zone, e.g. 2026-04-01T00:00:00Z")
-    offset = match["offset"].upper().replace("Z", "+00:00")
     try:
-        parsed = datetime.fromisoformat(f"{match['date']}T{match['time']}{offset}")
-    except ValueError:
-        raise validation_error(field, "is not a real date and time") from None
-    micros = int((match["fraction"] or "0").ljust(6, "0")[:6])
-    try:
-        return parsed.replace(microsecond=micros).astimezone(UTC)
-    except OverflowError:
-        raise validation_error(field, "is out of range") from None
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def floor_to(moment: datetime, unit: timedelta) -> datetime:
-    """The start of the UTC hour (unit HOUR) or day (unit DAY) that contains the moment."""
-    moment = moment.astimezone(UTC)
-    if unit == DAY:
-        return datetime.combine(moment.date(), time(), UTC)
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def ceil_to(moment: datetime, unit: timedelta) -> datetime:
-    """The end of the UTC hour or day that contains the instant just before the moment."""
-    floor = floor_to(moment, unit)
-    return floor if floor == moment else floor + unit
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The windows of a query: `count` windows of `step` from `start`, the last ending at `end`.
-
-    `grain` is the rollups read: hour rollups (by event time) for hour windows, day rollups (by
-    period_date) for day and none windows. `start` and `end` are on the grain's UTC grid.
-    """
-
-    size: Literal["hour", "day", "none"]
-    grain: Literal["hour", "day"]
-    start: datetime
-    end: datetime
-    step: timedelta
-
-    @property
-    def count(self) -> int:
-        return (self.end - self.start) // self.step
-
-    def bounds(self, index: int) -> tuple[datetime, datetime]:
-        lo = self.start + self.step * index
-        return lo, min(lo + self.step, self.end)
-
-    def index_of(self, moment: datetime) -> int:
-        return (moment - self.start) // self.step
-
-
-def make_windows(size: str, start: datetime, end: datetime) -> Windows:
-    """The windows covering [start, end) on the UTC grid of the size; 400 for an empty or too long period."""
-    size = size.lower()
-    if end <= start:
-        raise validation_error("ending_before", "must be after starting_on")
-    grain: Literal["hour", "day"] = "hour" if size == "hour" else "day"
-    unit = HOUR if grain == "hour" else DAY
-    try:
-        lo, hi = floor_to(start, unit), ceil_to(end, unit)
-    except OverflowError:
-        raise validation_error("ending_before", "is out of range") from None
-    if hi - lo > MAX_PERIOD:
-        raise validation_error(
-            "ending_before",
-            f"the period may span at most {MAX_PERIOD.days:,} days; this one spans {(hi - lo) / DAY:,.2f}",
-        )
-    window_size: Literal["hour", "day", "none"] = "none" if size == "none" else grain
-    return Windows(window_size, grain, lo, hi, hi - lo if size == "none" else unit)
+        return parse_rfc3339(value.strip())
+    except TimestampError as bad:
+        if bad.reason.startswith("is not an RFC 3339"):
+            raise validation_error(
+                field, "must be an RFC 3339 date-time with a time zone, e.g. 2026-04-01T00:00:00Z"
+            ) from None
+        raise validation_error(field, bad.reason) from None
 
 
 # -- what is asked ----------------------------------------------------------------
@@ -398,23 +326,18 @@ def resolve_metrics(
             metrics.append(MetricQuery(meter))
             continue
         key = item.group_by.key
-        if key not in meter.group_keys:
-            valid = ", ".join(meter.group_keys) if meter.group_keys else "none"
+        if key not in meter.group_by:
+            valid = ", ".join(meter.group_by) if meter.group_by else "none"
             raise validation_error(
                 f"{field}.group_by.key",
                 f"'{key}' is not a group key of billable metric '{meter.name}' (its group keys: {valid})",
-            )
-        if windows.grain != "day":
-            raise validation_error(
-                f"{field}.group_by",
-                "group_by is supported for day and none windows only (hourly usage is kept without metadata)",
             )
         values = tuple(dict.fromkeys(item.group_by.values)) if item.group_by.values is not None else None
         metrics.append(MetricQuery(meter, key, values))
     return metrics
 
 
-# -- reading ---------------------------------------------------------------------
+# -- reading (services/queries.py) -------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -426,94 +349,41 @@ class Slot:
     window: int
 
 
-@dataclass
-class RangeTotals:
-    """Rollup totals of one customer over a run of windows: per (meter, window), and the lines per meter."""
-
-    totals: dict[tuple[str, int], Decimal]
-    lines_by_meter: dict[str, set[str]]
-
-
-def _bucket(grain: str, text: str) -> datetime:
-    if grain == "day":
-        return datetime.combine(date.fromisoformat(text), time(), UTC)
-    return datetime.strptime(text, "%Y-%m-%dT%H").replace(tzinfo=UTC)
-
-
-def read_totals(call: Call, windows: Windows, line_ids: list[str], first: int, last: int) -> RangeTotals:
-    """Totals per (meter, window) for windows first..last (inclusive), from day or hour rollups."""
-    lo, _ = windows.bounds(first)
-    _, hi = windows.bounds(last)
-    rollups = call.container.rollups
-    if windows.grain == "day":
-        raw = queries.daily_totals(rollups, call.organization_id, line_ids, lo.date(), (hi - DAY).date())
-    else:
-        raw = queries.hourly_totals(
-            rollups, call.organization_id, line_ids, lo.strftime("%Y-%m-%dT%H"), hi.strftime("%Y-%m-%dT%H")
-        )
-    totals: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
-    lines_by_meter: dict[str, set[str]] = defaultdict(set)
-    for (line_id, meter, bucket), quantity in raw.items():
-        moment = _bucket(windows.grain, bucket)
-        if not lo <= moment < hi:
-            continue
-        k = (meter, windows.index_of(moment))
-        totals[k] = exact_sum((totals[k], quantity))
-        lines_by_meter[meter].add(line_id)
-    return RangeTotals(totals, lines_by_meter)
-
-
-def group_text(value: Any) -> str:
-    """A metadata value as the text group_by values are matched against."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return str(value)
-
-
-def _line_events(
-    events: DynamoEventStore, organization_id: str, line_id: str, meter: str, start: date, end: date
-) -> Iterator[UsageEvent]:
-    """A line's events of one meter with start <= period_date <= end (the by_line index, filtered by meter)."""
-    position: dict[str, Any] | None = None
-    while True:
-        rows, position = events.query_line(organization_id, line_id, start, end, position, limit=500, meter=meter)
-        yield from (event for event, _ in rows)
-        if not position:
-            return
+def read_totals(
+    call: Call, windows: Windows, line_ids: list[str], first: int, last: int
+) -> dict[tuple[str, int], RollupState]:
+    """Rollup state per (meter, window) for windows first..last (inclusive), folded over the lines."""
+    states = queries.window_states(call.container.rollups, call.organization_id, line_ids, windows, first, last)
+    totals: dict[tuple[str, int], RollupState] = {}
+    for (_, meter, window), state in states.items():
+        totals[(meter, window)] = fold(totals.get((meter, window), EMPTY), state)
+    return totals
 
 
 def read_groups(
-    call: Call, windows: Windows, metric: MetricQuery, line_ids: set[str], first: int, last: int
+    call: Call, windows: Windows, metric: MetricQuery, line_ids: list[str], first: int, last: int
 ) -> dict[int, dict[str, Decimal]]:
-    """Quantity per window and group value, from the raw events of the lines (by period_date)."""
+    """Value per window and group value (metadata text, or OTHER_LABEL) from the group rollups."""
     assert metric.group_key is not None
-    lo, _ = windows.bounds(first)
-    _, hi = windows.bounds(last)
-    wanted = set(metric.group_values) if metric.group_values is not None else None
-    groups: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    read = 0
-    for line_id in sorted(line_ids):
-        for event in _line_events(
-            call.container.events, call.organization_id, line_id, metric.meter.id, lo.date(), (hi - DAY).date()
-        ):
-            read += 1
-            if read > MAX_GROUP_EVENTS:
-                raise MeteringError(
-                    ErrorCode.INVALID_REQUEST,
-                    f"group_by would read more than {MAX_GROUP_EVENTS:,} events for one page; "
-                    "ask for a shorter period or specific group values.",
-                )
-            if event.meter != metric.meter.id or metric.group_key not in event.metadata:
-                continue
-            text = group_text(event.metadata[metric.group_key])
-            if wanted is not None and text not in wanted:
-                continue
-            moment = datetime.combine(event.period_date, time(), UTC)
-            if lo <= moment < hi:
-                window = groups[windows.index_of(moment)]
-                window[text] = exact_sum((window[text], event.quantity))
+    states = queries.group_states(
+        call.container.rollups,
+        call.organization_id,
+        line_ids,
+        metric.meter.id,
+        metric.group_key,
+        windows,
+        first,
+        last,
+    )
+    folded: dict[tuple[int, str], RollupState] = {}
+    for (_, window, group_value), state in states.items():
+        if group_value == NO_GROUP:
+            continue
+        label = OTHER_LABEL if group_value == OTHER_GROUP else group_value
+        folded[(window, label)] = fold(folded.get((window, label), EMPTY), state)
+    groups: dict[int, dict[str, Decimal]] = {}
+    for (window, label), state in folded.items():
+        groups.setdefault(window, {})[label] = queries.value_of(metric.meter, state)
     return groups
 
 
@@ -591,23 +461,22 @@ def batch_usage(call: Call) -> Reply:
     for slot in slots:
         lo, hi = runs.get((slot.customer, slot.metric), (slot.window, slot.window))
         runs[(slot.customer, slot.metric)] = (min(lo, slot.window), max(hi, slot.window))
-    totals: dict[tuple[int, int, int], RangeTotals] = {}
+    totals: dict[tuple[int, int, int], dict[tuple[str, int], RollupState]] = {}
     groups: dict[tuple[int, int], dict[int, dict[str, Decimal]]] = {}
     for (c, m), (lo, hi) in runs.items():
+        line_ids = [line.id for line in lines[customers[c].id]]
         if (c, lo, hi) not in totals:
-            line_ids = [line.id for line in lines[customers[c].id]]
             totals[(c, lo, hi)] = read_totals(call, windows, line_ids, lo, hi)
         metric = metrics[m]
         if metric.group_key is not None:
-            counted_lines = totals[(c, lo, hi)].lines_by_meter.get(metric.meter.id, set())
-            groups[(c, m)] = read_groups(call, windows, metric, counted_lines, lo, hi)
+            groups[(c, m)] = read_groups(call, windows, metric, line_ids, lo, hi)
 
     rows = []
     for slot in slots:
         metric = metrics[slot.metric]
         window_start, window_end = windows.bounds(slot.window)
         run = runs[(slot.customer, slot.metric)]
-        value = totals[(slot.customer, *run)].totals.get((metric.meter.id, slot.window), Decimal(0))
+        value = queries.value_of(metric.meter, totals[(slot.customer, *run)].get((metric.meter.id, slot.window), EMPTY))
         row: dict[str, Any] = {
             "customer_id": customers[slot.customer].uuid,
             "billable_metric_id": metric.meter.uuid,

@@ -3,7 +3,7 @@
 Mapping onto the core: a Scalr account is our organization, `breakdown_by=environment`
 breaks down by our workspaces and `breakdown_by=workspace` by our service lines;
 `runs-count` sums the meter `agent.runs` and `runs-seconds` the meter `agent.run_seconds`.
-Only day rollups are read (by period_date), never raw events. Errors are JSON:API
+Only day rollups are read (by period_date, through services/queries.py), never raw events. Errors are JSON:API
 error documents: {"errors": [{"status", "code", "title", "detail", "source"?}]}.
 
 Both attributes are integers, as the document types them. Runs are whole (ingest refuses a
@@ -26,7 +26,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from http import HTTPStatus
 from typing import Any, Literal
@@ -36,13 +36,15 @@ from chalice.app import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.api.http import Call, Reply, endpoint
+from chalicelib.domain import aggregation
+from chalicelib.domain.aggregation import EMPTY, RollupState, fold
 from chalicelib.domain.auth import ACCOUNTS_BILLING
-from chalicelib.domain.models import ServiceLine
-from chalicelib.domain.money import exact_sum
+from chalicelib.domain.models import Meter, ServiceLine
+from chalicelib.domain.timestamps import TimestampError, parse_rfc3339
+from chalicelib.domain.windows import days, each_day
 from chalicelib.errors import ErrorCode, MeteringError
-from chalicelib.services.ports import CatalogRepository
-from chalicelib.services.queries import daily_totals
-from chalicelib.storage.rollups_repo import DynamoRollupStore
+from chalicelib.services import queries
+from chalicelib.services.ports import CatalogReader, RollupStore
 
 bp = Blueprint(__name__)
 
@@ -70,12 +72,6 @@ BREAKDOWNS: tuple[Breakdown, ...] = ("environment", "workspace")
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
-# RFC 3339 date-time. A space before the offset is read as "+": an unencoded "+" in a
-# query string arrives decoded as a space.
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+\- ])(\d{2}):(\d{2}))",
-    re.ASCII,
-)
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 _TITLES = {
@@ -191,36 +187,16 @@ class UsageStatisticsQuery:
 
 
 def parse_datetime(text: str, parameter: str = P_DATE) -> datetime:
-    """An RFC 3339 date-time (a time zone offset is required), in UTC."""
-    match = _RFC3339.fullmatch(text)
-    if match is None:
-        raise bad_request(
-            "invalid_filter",
-            f"'{text}' is not an RFC 3339 date-time such as 2022-01-01T00:00:00Z.",
-            parameter,
-        )
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    """An RFC 3339 date-time (a time zone offset is required), in UTC (chalicelib/domain/timestamps.py)."""
     try:
-        offset = timedelta(0)
-        if not zulu:
-            if int(off_h) > 23 or int(off_m) > 59:
-                raise ValueError("offset out of range")
-            offset = timedelta(hours=int(off_h), minutes=int(off_m))
-            if sign == "-":
-                offset = -offset
-        micro = int((fraction or "").ljust(6, "0")[:6])
-        moment = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            micro,
-            tzinfo=timezone(offset),
-        )
-        return moment.astimezone(UTC)
-    except (ValueError, OverflowError):
+        return parse_rfc3339(text, space_is_plus=True)
+    except TimestampError as bad:
+        if bad.reason.startswith("is not an RFC 3339"):
+            raise bad_request(
+                "invalid_filter",
+                f"'{text}' is not an RFC 3339 date-time such as 2022-01-01T00:00:00Z.",
+                parameter,
+            ) from None
         raise bad_request("invalid_filter", f"'{text}' is not a valid date-time.", parameter) from None
 
 
@@ -351,15 +327,15 @@ class UsageRow:
 
 
 def usage_statistics(
-    catalog: CatalogRepository,
-    rollups: DynamoRollupStore,
+    catalog: CatalogReader,
+    rollups: RollupStore,
     organization_id: str,
     first: date,
     last: date,
     breakdown_by: Breakdown | None,
     total: bool,
 ) -> list[UsageRow]:
-    """Runs and run seconds of an organization from day rollups, first <= period_date <= last.
+    """Runs and run seconds of an organization from day rollups (the query service), first <= period_date <= last.
 
     Ordered by date, then breakdown id; only rows with usage (a nonzero sum) are returned.
     """
@@ -370,24 +346,33 @@ def usage_statistics(
         entity_of = {line.id: (line.workspace_id, names.get(line.workspace_id)) for line in lines}
     elif breakdown_by == "workspace":
         entity_of = {line.id: (line.id, line.name) for line in lines}
-    sums: dict[tuple[date | None, str | None], list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    sums: dict[tuple[date | None, str | None], list[RollupState]] = defaultdict(lambda: [EMPTY, EMPTY])
     entity_names: dict[str | None, str | None] = {}
-    totals = daily_totals(rollups, organization_id, _ids(lines), first, last)
-    for (line_id, meter, period_date), quantity in totals.items():
+    windows = days(first, last) if total else each_day(first, last)
+    states = queries.window_states(rollups, organization_id, _ids(lines), windows)
+    for (line_id, meter, window), state in states.items():
         if meter not in (RUNS_COUNT_METER, RUNS_SECONDS_METER):
             continue
         entity_id, entity_name = entity_of.get(line_id, (None, None))
         entity_names[entity_id] = entity_name
-        day = None if total else date.fromisoformat(period_date)
+        day = None if total else windows.bounds(window)[0].date()
         pair = sums[(day, entity_id)]
         slot = 0 if meter == RUNS_COUNT_METER else 1
-        pair[slot] = exact_sum((pair[slot], quantity))
+        pair[slot] = fold(pair[slot], state)
+    runs_meter = catalog.get_meter(RUNS_COUNT_METER)
+    seconds_meter = catalog.get_meter(RUNS_SECONDS_METER)
+    values = {k: (_value(runs_meter, count), _value(seconds_meter, seconds)) for k, (count, seconds) in sums.items()}
     rows = [
         UsageRow(day, entity_id, entity_names[entity_id], count, seconds)
-        for (day, entity_id), (count, seconds) in sums.items()
+        for (day, entity_id), (count, seconds) in values.items()
         if count != 0 or seconds != 0
     ]
     return sorted(rows, key=lambda r: (r.day or date.min, r.breakdown_id or ""))
+
+
+def _value(meter: Meter | None, state: RollupState) -> Decimal:
+    """A meter's value under its aggregation (both Scalr meters sum)."""
+    return aggregation.value(meter.aggregation if meter is not None else "sum", state)
 
 
 def _ids(lines: list[ServiceLine]) -> list[str]:

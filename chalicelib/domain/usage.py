@@ -25,6 +25,7 @@ from chalicelib.domain.aggregation import (
     group_value_of,
 )
 from chalicelib.domain.models import Meter, UsageEvent, instant
+from chalicelib.domain.timestamps import TimestampError, parse_iso8601
 from chalicelib.errors import validation_error
 
 # Limits a caller meets (documented in the README).
@@ -112,26 +113,15 @@ def check_period_window(day: date, today: date, field: str, days_back: int = PER
         )
 
 
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
 def check_timestamp(value: Any, now: datetime, field: str = "timestamp", days_back: int = PERIOD_DAYS_BACK) -> datetime:
     """An ISO-8601 timestamp with a zone (a bare date is that day's start in UTC), not in the future
     (5 min skew) nor past the late window."""
     if not isinstance(value, str) or len(value) > 40:
         raise validation_error(field, "must be an ISO-8601 timestamp")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise validation_error(field, "must be an ISO-8601 timestamp") from None
-    if _DATE_ONLY.fullmatch(value):
-        parsed = parsed.replace(tzinfo=UTC)
-    if parsed.tzinfo is None:
-        raise validation_error(field, "must carry a time zone (for example Z)")
-    try:
-        parsed = parsed.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+01:00 or 9999-12-31T23:59:59-01:00 has no UTC instant
-        raise validation_error(field, "is out of range") from None
+        parsed = parse_iso8601(value)
+    except TimestampError as bad:
+        raise validation_error(field, bad.reason) from None
     if parsed > now + MAX_CLOCK_SKEW:
         raise validation_error(field, "must not be in the future")
     check_period_window(parsed.date(), now.date(), field, days_back)

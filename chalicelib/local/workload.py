@@ -220,7 +220,7 @@ def _meters_by_product_line() -> dict[str, list[str]]:
     found: dict[str, list[str]] = defaultdict(list)
     for raw in catalog_data.read("meters"):
         meter = Meter.model_validate(raw)
-        if meter.active:
+        if meter.active and meter.id in DEFAULT_RATES:  # the meters the workload knows how to report
             for product_line in meter.product_lines:
                 found[product_line].append(meter.id)
     return found

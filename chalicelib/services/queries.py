@@ -1,24 +1,28 @@
-"""Reading usage: which service lines a caller may see, event listings, and rollup totals."""
+"""Reading usage: which service lines a caller may see, event listings, and the one query service that
+answers totals (hour, day and none windows, optionally per group value) from rollups only, under each
+meter's aggregation. Every surface (native summary, Metronome, Scalr, the dashboard) reads through it."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from chalicelib.domain.models import ServiceLine, UsageEvent
+from chalicelib.domain import aggregation
+from chalicelib.domain.aggregation import EMPTY, NO_GROUP, OTHER_GROUP, RollupState, fold
+from chalicelib.domain.models import Meter, ServiceLine, UsageEvent
 from chalicelib.domain.money import exact_sum, line_cost, round_money
+from chalicelib.domain.usage import Rollup, RollupKey
+from chalicelib.domain.windows import DAY, HOUR, Windows, bucket_start, days, each_day, hour_text
 from chalicelib.errors import ErrorCode, MeteringError
-from chalicelib.services.ports import CatalogRepository
-from chalicelib.storage.events_repo import DynamoEventStore
-from chalicelib.storage.rollups_repo import DynamoRollupStore
+from chalicelib.services.aggregate import platform_meter
+from chalicelib.services.ports import CatalogReader, EventStore, RollupStore
 
 
 def lines_in_scope(
-    catalog: CatalogRepository,
+    catalog: CatalogReader,
     caller_org: str,
     organization_id: str | None = None,
     workspace_id: str | None = None,
@@ -57,7 +61,7 @@ class UsagePage:
 
 
 def list_usage(
-    events: DynamoEventStore,
+    events: EventStore,
     organization_id: str,
     lines: list[ServiceLine],
     start: date,
@@ -77,7 +81,7 @@ def list_usage(
         if position.get("l") not in line_ids or not isinstance(position.get("k"), dict):
             raise MeteringError(ErrorCode.INVALID_CURSOR, field="cursor")
         first = line_ids.index(position["l"])
-        resume = {k: {"S": v} for k, v in position["k"].items()}
+        resume = position["k"]  # the store's own position, handed back as it gave it
     found: list[tuple[str, UsageEvent, dict[str, Any]]] = []
     for line_id in line_ids[first:]:
         start_key = resume
@@ -99,35 +103,136 @@ def list_usage(
     next_position = None
     if len(found) > limit:
         line_id, _, key = page[-1]
-        next_position = {"l": line_id, "k": {k: v["S"] for k, v in key.items()}}
+        next_position = {"l": line_id, "k": key}
     return UsagePage([event for _, event, _ in page], next_position)
 
 
-def daily_totals(
-    rollups: DynamoRollupStore, organization_id: str, line_ids: Iterable[str], start: date, end: date
-) -> dict[tuple[str, str, str], Decimal]:
-    """Quantity per (line, meter, period_date) of an organization's lines from day rollups."""
-    totals: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
+# -- totals from rollups: the one query service ------------------------------------------------
+
+
+def value_of(meter: Meter, state: RollupState) -> Decimal:
+    """The value of a (folded) rollup state under the meter's aggregation."""
+    return aggregation.value(meter.aggregation, state)
+
+
+def _grain_rows(
+    rollups: RollupStore, organization_id: str, line_id: str, windows: Windows, lo: datetime, hi: datetime
+) -> list[Rollup]:
+    if windows.grain == "day":
+        return rollups.day_rollups(organization_id, line_id, lo.date(), (hi - DAY).date())
+    return rollups.hour_rollups(organization_id, line_id, hour_text(lo), hour_text(hi))
+
+
+def _window_span(windows: Windows, first: int, last: int | None) -> tuple[datetime, datetime]:
+    lo, _ = windows.bounds(first)
+    _, hi = windows.bounds(windows.count - 1 if last is None else last)
+    return lo, hi
+
+
+def _bucket(windows: Windows, rk: RollupKey) -> datetime:
+    return bucket_start(windows.grain, rk.period_date if windows.grain == "day" else rk.hour)
+
+
+def window_states(
+    rollups: RollupStore,
+    organization_id: str,
+    line_ids: Iterable[str],
+    windows: Windows,
+    first: int = 0,
+    last: int | None = None,
+) -> dict[tuple[str, str, int], RollupState]:
+    """Folded rollup state per (line, meter, window) for windows first..last (inclusive), from day rollups
+    (day and none windows, by period_date) or hour rollups (hour windows, by event time)."""
+    lo, hi = _window_span(windows, first, last)
+    states: dict[tuple[str, str, int], RollupState] = {}
     for line_id in line_ids:
-        for row in rollups.day_rollups(organization_id, line_id, start, end):
-            k = (line_id, row.key.meter, row.key.period_date)
-            totals[k] = exact_sum((totals[k], row.quantity))
-    return totals
+        for row in _grain_rows(rollups, organization_id, line_id, windows, lo, hi):
+            moment = _bucket(windows, row.key)
+            if lo <= moment < hi:
+                k = (line_id, row.key.meter, windows.index_of(moment))
+                states[k] = fold(states.get(k, EMPTY), row.state)
+    return states
+
+
+def group_states(
+    rollups: RollupStore,
+    organization_id: str,
+    line_ids: Iterable[str],
+    meter_id: str,
+    group_key: str,
+    windows: Windows,
+    first: int = 0,
+    last: int | None = None,
+) -> dict[tuple[str, int, str], RollupState]:
+    """Folded rollup state per (line, window, group value) of one meter's group key, from the group
+    rollups of the windows' grain. Group values are metadata texts, NO_GROUP or OTHER_GROUP."""
+    lo, hi = _window_span(windows, first, last)
+    states: dict[tuple[str, int, str], RollupState] = {}
+    for line_id in line_ids:
+        if windows.grain == "day":
+            rows = rollups.group_day_rollups(
+                organization_id, line_id, meter_id, group_key, lo.date(), (hi - DAY).date()
+            )
+        else:
+            rows = rollups.group_hour_rollups(
+                organization_id, line_id, meter_id, group_key, hour_text(lo), hour_text(hi)
+            )
+        for row in rows:
+            moment = _bucket(windows, row.key)
+            if lo <= moment < hi:
+                k = (line_id, windows.index_of(moment), row.key.group_value)
+                states[k] = fold(states.get(k, EMPTY), row.state)
+    return states
+
+
+def meter_lookup(meters: Iterable[Meter]) -> Callable[[str], Meter | None]:
+    by_id = {m.id: m for m in meters}
+    return by_id.get
+
+
+def daily_totals(
+    rollups: RollupStore,
+    organization_id: str,
+    line_ids: Iterable[str],
+    start: date,
+    end: date,
+    meters: Callable[[str], Meter | None] = platform_meter,
+) -> dict[tuple[str, str, str], Decimal]:
+    """Value per (line, meter, period_date) of an organization's lines from day rollups, under each meter's
+    aggregation."""
+    states = window_states(rollups, organization_id, line_ids, each_day(start, end))
+    return {
+        (line_id, meter, (start + timedelta(days=index)).isoformat()): _value(meters, meter, state)
+        for (line_id, meter, index), state in states.items()
+    }
 
 
 def hourly_totals(
-    rollups: DynamoRollupStore, organization_id: str, line_ids: Iterable[str], start_hour: str, end_hour: str
+    rollups: RollupStore,
+    organization_id: str,
+    line_ids: Iterable[str],
+    start_hour: str,
+    end_hour: str,
+    meters: Callable[[str], Meter | None] = platform_meter,
 ) -> dict[tuple[str, str, str], Decimal]:
-    """Quantity per (line, meter, hour) of an organization's lines from hour rollups, start_hour <= hour < end_hour."""
-    totals: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
-    for line_id in line_ids:
-        for row in rollups.hour_rollups(organization_id, line_id, start_hour, end_hour):
-            k = (line_id, row.key.meter, row.key.hour)
-            totals[k] = exact_sum((totals[k], row.quantity))
-    return totals
+    """Value per (line, meter, hour) of an organization's lines from hour rollups, start_hour <= hour < end_hour."""
+    lo, hi = bucket_start("hour", start_hour), bucket_start("hour", end_hour)
+    if hi <= lo:
+        return {}
+    windows = Windows("hour", "hour", lo, hi, HOUR)
+    states = window_states(rollups, organization_id, line_ids, windows)
+    return {
+        (line_id, meter, hour_text(windows.bounds(index)[0])): _value(meters, meter, state)
+        for (line_id, meter, index), state in states.items()
+    }
 
 
-def _summary_currency(catalog: CatalogRepository, organization_id: str, lines: list[ServiceLine]) -> str:
+def _value(meters: Callable[[str], Meter | None], meter_id: str, state: RollupState) -> Decimal:
+    meter = meters(meter_id)
+    return aggregation.value(meter.aggregation if meter is not None else "sum", state)
+
+
+def _summary_currency(catalog: CatalogReader, organization_id: str, lines: list[ServiceLine]) -> str:
     """The currency of the total: the organization's plan's, else its lines' (USD when it has none)."""
     plan = catalog.get_organization_plan(organization_id)
     if plan is not None:
@@ -135,40 +240,67 @@ def _summary_currency(catalog: CatalogRepository, organization_id: str, lines: l
     return lines[0].currency if lines else "USD"
 
 
+def group_label(group_value: str) -> tuple[str | None, str]:
+    """A group value as shown: (the metadata value or None, and whether it is a value, missing or other)."""
+    if group_value == NO_GROUP:
+        return None, "missing"
+    if group_value == OTHER_GROUP:
+        return None, "other"
+    return group_value, "value"
+
+
 def summarize(
-    catalog: CatalogRepository,
-    rollups: DynamoRollupStore,
+    catalog: CatalogReader,
+    rollups: RollupStore,
     organization_id: str,
     lines: list[ServiceLine],
     start: date,
     end: date,
+    group_by: str | None = None,
 ) -> dict[str, Any]:
-    """Usage and cost per service line from day rollups; cost = rate x quantity, rounded at the edge.
+    """Usage and cost per service line from day rollups: each meter's value under its aggregation over the
+    period, cost = rate x value, rounded at the edge. With group_by, a meter that groups by that key also
+    lists its value per group value.
 
     The total adds only lines billed in the summary's currency; each line states its own.
     """
-    units = {m.id: m.unit for m in catalog.list_meters()}
-    totals = daily_totals(rollups, organization_id, (line.id for line in lines), start, end)
+    meters = {m.id: m for m in catalog.list_meters()}
+    period = days(start, end)
+    states = window_states(rollups, organization_id, (line.id for line in lines), period)
     currency = _summary_currency(catalog, organization_id, lines)
     by_line = []
     costs_in_currency: list[Decimal] = []
     for line in lines:
-        quantities: dict[str, Decimal] = defaultdict(Decimal)
-        for (line_id, meter, _), quantity in totals.items():
+        values: dict[str, Decimal] = {}
+        for (line_id, meter_id, _), state in states.items():
             if line_id == line.id:
-                quantities[meter] = exact_sum((quantities[meter], quantity))
-        cost = line_cost(line.rates, quantities)
+                values[meter_id] = _value(meters.get, meter_id, state)
+        cost = line_cost(line.rates, values)
         if line.currency == currency:  # amounts in another currency are never added in
             costs_in_currency.append(cost)
+        entries = []
+        for meter_id in sorted(values):
+            meter = meters.get(meter_id)
+            entry: dict[str, Any] = {
+                "meter": meter_id,
+                "quantity": values[meter_id],
+                "unit": meter.unit if meter else "",
+                "aggregation": meter.aggregation if meter else "sum",
+            }
+            if group_by is not None and meter is not None and group_by in meter.group_by:
+                grouped = group_states(rollups, organization_id, [line.id], meter_id, group_by, period)
+                entry["groups"] = [
+                    {"value": label, "kind": kind, "quantity": value_of(meter, state)}
+                    for (_, _, group_value), state in sorted(grouped.items(), key=lambda kv: kv[0][2])
+                    for label, kind in [group_label(group_value)]
+                ]
+            entries.append(entry)
         by_line.append(
             {
                 "service_line_id": line.id,
                 "name": line.name,
                 "product_line": line.product_line,
-                "meters": [
-                    {"meter": meter, "quantity": quantities[meter], "unit": units.get(meter, "")}
-                    for meter in sorted(quantities)
-                ],
+                "meters": entries,
                 "cost_estimate": round_money(cost, line.currency),
                 "currency": line.currency,
             }

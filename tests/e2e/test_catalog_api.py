@@ -24,24 +24,47 @@ def body(response: Any) -> Any:
     return json.loads(response.body)
 
 
-def test_meters_lists_the_nine_active_meters_with_uuid_and_status(client: Any) -> None:
+def test_meters_lists_the_active_meters_with_uuid_status_and_aggregation(client: Any) -> None:
     response = client.http.get("/v1/meters", headers=auth())
     assert response.status_code == 200
     meters = body(response)["data"]
-    assert len(meters) == 9
+    assert len(meters) == 14  # the nine summed platform meters and one per other aggregation
     talent = next(m for m in meters if m["id"] == "talent.hours")
     assert talent["unit"] == "hours"
     assert talent["product_lines"] == ["talent", "managed_services"]
     assert talent["status"] == "ACTIVE" and len(talent["uuid"]) == 36
-    assert set(talent) == {"id", "name", "unit", "product_lines", "description", "uuid", "status"}
+    assert set(talent) == {
+        "id",
+        "name",
+        "unit",
+        "product_lines",
+        "description",
+        "uuid",
+        "status",
+        "aggregation",
+        "value_property",
+        "group_by",
+    }
+    assert (talent["aggregation"], talent["value_property"], talent["group_by"]) == ("sum", None, ["talent_id"])
     run_seconds = next(m for m in meters if m["id"] == "agent.run_seconds")
     assert run_seconds["unit"] == "seconds" and run_seconds["product_lines"] == ["agent_gateway"]
+    aggregations = {m["id"]: m["aggregation"] for m in meters if m["aggregation"] != "sum"}
+    assert aggregations == {
+        "talent.timesheets": "count",
+        "agent.peak_concurrency": "max",
+        "compute.min_replicas": "min",
+        "compute.storage_gb": "latest",
+        "agent.unique_users": "unique_count",
+    }
+    users = next(m for m in meters if m["id"] == "agent.unique_users")
+    assert users["value_property"] == "user_id" and users["group_by"] == ["agent_id"]
+    assert sum(1 for m in meters if m["aggregation"] == "sum") == 9
 
 
 def test_archived_meters_only_on_request(client: Any) -> None:
     response = client.http.get("/v1/meters?include_archived=true", headers=auth())
     statuses = [m["status"] for m in body(response)["data"]]
-    assert statuses.count("ARCHIVED") == 1 and len(statuses) == 10
+    assert statuses.count("ARCHIVED") == 1 and len(statuses) == 15
 
 
 def test_plans_hide_deprecated_unless_asked(client: Any) -> None:

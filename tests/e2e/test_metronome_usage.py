@@ -311,10 +311,24 @@ def test_group_by_on_a_midnight_aligned_none_window_and_next_to_plain_metrics(us
     assert rows[1]["value"] == 7 and "groups" not in rows[1]
 
 
+def test_group_by_over_hour_windows_reads_the_hour_rollups_of_each_group(usage: Any) -> None:
+    hourly = query("hour", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")
+    hourly["billable_metrics"] = [{"id": HOURS, "group_by": {"key": "talent_id"}}]
+    rows = ok(usage, hourly)
+    assert len(rows) == 24
+    assert [r["start_timestamp"] for r in rows if r["groups"]] == ["2026-04-14T09:00:00Z", "2026-04-14T15:00:00Z"]
+    for row in rows:  # every event of this day carries a talent_id: the groups add up to the hour's value
+        assert sum(row["groups"].values(), Decimal(0)) == row["value"]
+    by_talent: dict[str, Decimal] = {}
+    for row in rows:
+        for talent, quantity in row["groups"].items():
+            by_talent[talent] = by_talent.get(talent, Decimal(0)) + quantity
+    assert by_talent == {"T1": Decimal("5.5"), "T2": Decimal("1.25")}  # the day window's groups
+
+
 def test_group_by_limits_are_clear_400s(usage: Any) -> None:
     hourly = query("hour", "2026-04-14T00:00:00Z", "2026-04-15T00:00:00Z")
     hourly["billable_metrics"] = [{"id": HOURS, "group_by": {"key": "talent_id"}}]
-    assert "day and none windows" in refused(usage, hourly, 400, "validation_error")
     # a none window is by period_date whatever its bounds, so it groups like a day window
     hour_none = {**hourly, "window_size": "none", "starting_on": "2026-04-14T01:00:00Z"}
     (row,) = ok(usage, hour_none)

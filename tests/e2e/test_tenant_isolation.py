@@ -159,7 +159,9 @@ def test_even_a_colliding_line_id_mixes_no_data(client: Any, container: Containe
     b_events = listing(client, OTHER_ORG_KEY)
     assert [(e["service_line_id"], e["quantity"]) for e in b_events] == [(shared, Decimal(1000))]
     b_line = next(e for e in summary(client, OTHER_ORG_KEY)["by_service_line"] if e["service_line_id"] == shared)
-    assert b_line["meters"] == [{"meter": "talent.hours", "quantity": Decimal(1000), "unit": "hours"}]
+    assert b_line["meters"] == [
+        {"meter": "talent.hours", "quantity": Decimal(1000), "unit": "hours", "aggregation": "sum"}
+    ]
     assert b_line["cost_estimate"] == Decimal("95000.00")
 
 

@@ -605,8 +605,8 @@ def test_summary_has_the_documented_shape(client: Any, container: Container, clo
     assert talent["name"] == "Backend Engineering - Q2 2026"
     assert talent["product_line"] == "talent"
     assert talent["meters"] == [
-        {"meter": "talent.days", "quantity": 1, "unit": "days"},
-        {"meter": "talent.hours", "quantity": Decimal("10.5"), "unit": "hours"},
+        {"meter": "talent.days", "quantity": 1, "unit": "days", "aggregation": "sum"},
+        {"meter": "talent.hours", "quantity": Decimal("10.5"), "unit": "hours", "aggregation": "sum"},
     ]
     assert talent["cost_estimate"] == Decimal("1757.50")  # 10.5 x 95 + 1 x 760
     agent = line_of(data, AGENT)
