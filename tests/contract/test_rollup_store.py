@@ -101,9 +101,9 @@ def test_group_rollups_are_read_per_key_and_range(store: RollupStore) -> None:
     by_agent = store.group_day_rollups(ORG, LINE, "agent.runs", "agent_id", day, day)
     assert {r.key.group_value: r.state.quantity for r in by_agent} == {"a1": 2, NO_GROUP: 1}
     by_model = store.group_day_rollups(ORG, LINE, "agent.runs", "model", day, day)
-    assert [(r.key.group_value, r.state.quantity) for r in by_model] == [("m#1", 3)]
+    assert [(r.key.group_value, r.state.quantity) for r in by_model] == [("m#1", Decimal(3))]
     hours = store.group_hour_rollups(ORG, LINE, "agent.runs", "agent_id", f"{DAY}T09", f"{DAY}T10")
-    assert [(r.key.hour, r.state.quantity) for r in hours] == [(f"{DAY}T09", 2)]
+    assert [(r.key.hour, r.state.quantity) for r in hours] == [(f"{DAY}T09", Decimal(2))]
     # the ungrouped reads never answer group rollups
     assert [r.key for r in store.day_rollups(ORG, LINE, day, day)] == [day_key()]
     assert store.hour_rollups(ORG, LINE, f"{DAY}T00", f"{DAY}T23") == []
