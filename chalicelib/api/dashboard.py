@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -169,6 +169,8 @@ def usage_timeseries(call: Call) -> Reply:
     start = query.from_ or end.replace(day=1)
     if start > end:
         raise validation_error("from", "must not be after 'to' (which defaults to today)")
+    if end >= date.max:  # the day after `to` bounds the series
+        raise validation_error("to", f"must be before {date.max.isoformat()}")
     most = MAX_HOUR_DAYS if query.granularity == "hour" else MAX_DAYS
     if (end - start).days + 1 > most:
         raise validation_error("to", f"a {query.granularity} series spans at most {most} days")

@@ -69,9 +69,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function table(caption, headers, rows, numeric = []) {
-  const head = el("tr", {}, ...headers.map((h, i) => el("th", { scope: "col", class: numeric.includes(i) ? "num" : "" , text: h })));
-  const body = rows.map((cells) => el("tr", {}, ...cells.map((c, i) =>
-    c instanceof Node ? el("td", {}, c) : el("td", { class: numeric.includes(i) ? "num" : "", text: c }))));
+  const head = el("tr", {}, ...headers.map((h, i) => el("th", { scope: "col", class: numeric.includes(i) ? "num" : "", text: h })));
+  const body = rows.map((cells) => el("tr", {}, ...cells.map((c, i) => el("td", { class: numeric.includes(i) ? "num" : "" }, c))));
   return el("div", { class: "table-wrap" }, el("table", {}, el("caption", { text: caption }), el("thead", {}, head), el("tbody", {}, ...body)));
 }
 
@@ -202,7 +201,7 @@ function renderSummary(summary) {
     body.replaceChildren(el("p", { class: "empty", text: "No usage in this period." }));
     return;
   }
-  body.replaceChildren(...used.map((line) => el("div", { class: "line", "data-line": line.service_line_id },
+  body.replaceChildren(el("div", { class: "summary-lines" }, ...used.map((line) => el("div", { class: "line" },
     el("h3", { text: `${line.name} (${line.service_line_id})` }),
     el("p", { class: "line-cost" }, "Cost estimate: ",
       el("strong", { "data-cost": line.service_line_id, text: money(line.cost_estimate, line.currency) }),
@@ -211,7 +210,7 @@ function renderSummary(summary) {
       line.meters.map((m) => [m.meter, aggregationOf(m.meter),
         el("span", { "data-quantity": `${line.service_line_id}/${m.meter}`, text: decimal(m.quantity) }), m.unit]),
       [2]),
-  )));
+  ))));
 }
 
 function renderCharts(series) {
@@ -241,7 +240,7 @@ function renderCharts(series) {
       width: Math.max(260, plot.clientWidth), height: 180,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       legend: { show: false },
-      series: [{}, { label: s.meter, stroke: colour, fill: colour + "33", width: 2,
+      series: [{}, { label: s.meter, stroke: colour, fill: colour + "33", width: 2, points: { show: false },
         paths: uPlot.paths.bars({ size: [0.7, 40] }) }],
       axes: [{}, { label: s.unit, size: 64, values: (u, ticks) => ticks.map(compact) }],
     }, [xs, s.values.map(Number)], plot));

@@ -218,6 +218,16 @@ def test_hourly_series_cover_each_utc_hour(client: Any, container: Container, cl
     assert runs["values"][12] == 2 and sum(runs["values"]) == 2
 
 
+def test_series_reach_the_last_days_of_the_calendar(client: Any, clock: Clock) -> None:
+    for granularity in ("day", "hour"):
+        params = {"from": "9999-12-30", "to": "9999-12-30", "granularity": granularity}
+        answer = get(client, "/v1/usage/timeseries", params)
+        assert answer.status_code == 200, body(answer)
+        assert body(answer)["data"]["buckets"][-1].startswith("9999-12-30")
+        last = get(client, "/v1/usage/timeseries", {**params, "to": "9999-12-31"})
+        assert last.status_code == 400 and body(last)["error"]["field"] == "to"
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
