@@ -12,14 +12,14 @@ A rollup's state is made of *cells* of two kinds (docs/architecture.md, "Aggrega
 An aggregation is a name, the join cells it keeps and a function from a (folded) state to its
 value. Folding is cell-wise, so the value over many rollups (many hours, days or service lines)
 is the value of the fold of their states, for every aggregation. Adding an aggregation made of
-existing cells is one entry in AGGREGATIONS (avg would be quantity / event_count).
+existing cells is one entry in AGGREGATIONS (avg is quantity / event_count).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from chalicelib.errors import validation_error
@@ -146,6 +146,13 @@ class Aggregation:
         )
 
 
+def _mean(total: Decimal, count: int) -> Decimal:
+    if count == 0:
+        return Decimal(0)
+    mean = format((total / count).quantize(Decimal("1e-9"), rounding=ROUND_HALF_EVEN), "f")
+    return Decimal(mean.rstrip("0").rstrip(".") if "." in mean else mean)  # plain notation, no trailing zeros
+
+
 def _or_zero(value: Decimal | None) -> Decimal:
     return Decimal(0) if value is None else value
 
@@ -162,6 +169,11 @@ AGGREGATIONS: dict[str, Aggregation] = {
             "the quantity of the latest event (by event time, ties by event id)",
             lambda s: s.latest.value if s.latest is not None else Decimal(0),
             keeps_latest=True,
+        ),
+        Aggregation(
+            "avg",
+            "the mean quantity (sum / count, rounded half-even to 9 decimal places)",
+            lambda s: _mean(s.quantity, s.event_count),
         ),
         Aggregation(
             "unique_count",

@@ -28,7 +28,7 @@ def test_meters_lists_the_active_meters_with_uuid_status_and_aggregation(client:
     response = client.http.get("/v1/meters", headers=auth())
     assert response.status_code == 200
     meters = body(response)["data"]
-    assert len(meters) == 14  # the nine summed platform meters and one per other aggregation
+    assert len(meters) == 15  # the nine summed platform meters and one per other aggregation
     talent = next(m for m in meters if m["id"] == "talent.hours")
     assert talent["unit"] == "hours"
     assert talent["product_lines"] == ["talent", "managed_services"]
@@ -55,6 +55,7 @@ def test_meters_lists_the_active_meters_with_uuid_status_and_aggregation(client:
         "compute.min_replicas": "min",
         "compute.storage_gb": "latest",
         "agent.unique_users": "unique_count",
+        "agent.latency_ms": "avg",
     }
     users = next(m for m in meters if m["id"] == "agent.unique_users")
     assert users["value_property"] == "user_id" and users["group_by"] == ["agent_id"]
@@ -64,7 +65,7 @@ def test_meters_lists_the_active_meters_with_uuid_status_and_aggregation(client:
 def test_archived_meters_only_on_request(client: Any) -> None:
     response = client.http.get("/v1/meters?include_archived=true", headers=auth())
     statuses = [m["status"] for m in body(response)["data"]]
-    assert statuses.count("ARCHIVED") == 1 and len(statuses) == 15
+    assert statuses.count("ARCHIVED") == 1 and len(statuses) == 16
 
 
 def test_plans_hide_deprecated_unless_asked(client: Any) -> None:

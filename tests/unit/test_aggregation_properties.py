@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,6 +41,8 @@ METERS = {
         Meter(id="m.min", uuid="u4", name="Min", unit="u", product_lines=(), description="", aggregation="min"),
         Meter(id="m.latest", uuid="u5", name="Latest", unit="u", product_lines=(), description="",
               aggregation="latest", group_by=("k",)),
+        Meter(id="m.avg", uuid="u7", name="Avg", unit="u", product_lines=(), description="", aggregation="avg",
+              group_by=("k",)),
         Meter(id="m.unique", uuid="u6", name="Unique", unit="u", product_lines=(), description="",
               aggregation="unique_count", value_property="user", group_by=("k",)),
     )
@@ -59,6 +61,11 @@ def oracle(meter: Meter, events: Iterable[UsageEvent]) -> Decimal:
         return sum((e.quantity for e in chosen), Decimal(0))
     if meter.aggregation == "count":
         return Decimal(len(chosen))
+    if meter.aggregation == "avg":
+        if not chosen:
+            return Decimal(0)
+        mean = sum((e.quantity for e in chosen), Decimal(0)) / len(chosen)
+        return mean.quantize(Decimal("1e-9"), rounding=ROUND_HALF_EVEN)
     if not chosen:
         return Decimal(0)
     if meter.aggregation == "max":
