@@ -3,6 +3,7 @@
 from chalice.app import Chalice
 
 from chalicelib import config, observability
+from chalicelib.api import adjustments as corrections
 from chalicelib.api import catalog, dashboard, ingest_dialects, openapi, service_lines, usage, usage_events, workspaces
 from chalicelib.api.http import PathOwner, answer_the_rest
 from chalicelib.dialects import meter_api, metronome, scalr
@@ -24,6 +25,7 @@ ingest_dialects.register(app)  # Metronome, CloudEvents/OpenMeter and Stripe ing
 app.register_blueprint(pipeline.bp)
 app.register_blueprint(openapi.bp)
 app.register_blueprint(dashboard.bp)  # the usage page (GET /dashboard) and the routes it reads
+app.register_blueprint(corrections.bp)  # voids and adjustments (scope metering:adjust)
 
 # Which dialect answers an unknown path or method (by path prefix; everything else is native).
 PATH_OWNERS = [

@@ -53,7 +53,23 @@ EXPORT_COLUMNS = [
     "recorded_at",
     "source",
     "metadata",
+    # corrections (voids and adjustments) and the marks on the events they correct; empty on plain usage
+    "kind",
+    "corrects",
+    "correction_reason",
+    "created_by",
+    "voided_by",
+    "adjusted_by",
 ]
+# export column -> the listing's field (a correction's reason is not the rejects file's `reason` column)
+CORRECTION_COLUMNS = {
+    "kind": "kind",
+    "corrects": "corrects",
+    "correction_reason": "reason",
+    "created_by": "created_by",
+    "voided_by": "voided_by",
+    "adjusted_by": "adjusted_by",
+}
 REASON = "reason"  # the column (CSV) or field (JSON Lines) a rejects file adds; ignored on import
 UNPARSED = "unparsed_line"  # a JSON Lines reject that was not a JSON object keeps its text here
 CONTENT_KEY_PREFIX = "row-"
@@ -812,6 +828,11 @@ def export_cell(column: str, event: dict[str, Any]) -> Any:
     """One CSV cell of an exported event: metadata as JSON, numbers in plain notation (0.000000001, not 1E-9)."""
     if column == "metadata":
         return jsonutil.dumps(event.get("metadata") or {})
+    if column in CORRECTION_COLUMNS:  # absent from plain usage events (and from servers before corrections)
+        value = event.get(CORRECTION_COLUMNS[column])
+        if column == "kind" and value is None:
+            return "usage"
+        return " ".join(value) if isinstance(value, list) else (value or "")
     value = event[column]
     return jsonutil.plain_number(value) if isinstance(value, Decimal) else value
 

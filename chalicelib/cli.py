@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", type=Path, help="CSV file (default: standard output)")
     for flag in ("from", "to", "service_line_id", "workspace_id", "meter"):
         exp.add_argument(f"--{flag.replace('_', '-')}", dest=flag)
+    exp.add_argument(
+        "--hide-voided", action="store_true", help="leave out voided events and their voids (listed otherwise)"
+    )
     return parser
 
 
@@ -152,6 +155,7 @@ def run_http(args: argparse.Namespace) -> int:
             print(f"rejected rows and reasons: {rejected}")
         return 1 if report.rejected else 0
     filters = {k: getattr(args, k) or "" for k in ("from", "to", "service_line_id", "workspace_id", "meter")}
+    filters["hide_voided"] = "true" if args.hide_voided else ""
     try:
         if args.out:
             with args.out.open("w", encoding="utf-8", newline="") as fh:

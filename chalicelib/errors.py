@@ -44,6 +44,16 @@ class ErrorCode(Enum):
     METER_ARCHIVED = (422, "The meter is archived and accepts no usage.")
     METER_NOT_PERMITTED = (422, "The service line's billing model does not permit this meter.")
     PAYLOAD_TOO_LARGE = (413, "The request body is too large.")
+    # Corrections (voids and adjustments; docs/architecture.md, "Corrections")
+    CORRECTION_NOT_VOIDABLE = (
+        409,
+        "Voids and adjustments are corrections and cannot be voided; post an adjustment that offsets one instead.",
+    )
+    EVENT_VOIDED = (409, "The event is voided; it takes no adjustment.")
+    METER_NOT_ADJUSTABLE = (
+        422,
+        "Only sum meters take quantity adjustments; void the wrong event and report the right one instead.",
+    )
     # 429 / 5xx
     RATE_LIMITED = (429, "The organization has used its API calls for this month.")
     INTERNAL_ERROR = (500, "An internal error occurred.")

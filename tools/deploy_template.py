@@ -47,6 +47,10 @@ FUNCTIONS = {
 # chalicelib/storage keeps the key format; the recorded-call test fails if the two ever differ.
 PENDING_PREFIX = "PENDING#"
 
+# The attributes of a stored event a correction may write (storage/events_repo.py, put_correction): its keys
+# (named by the call) and the marks naming its void or adjustments. Never its quantity.
+CORRECTION_MARKS = ("pk", "sk", "voided_by", "void_slot", "adjusted_by")
+
 # Lambda's SQS event source polls with the function's role and needs exactly these.
 SQS_EVENT_SOURCE_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
 SQS_SEND_ACTIONS = ("sqs:GetQueueUrl", "sqs:SendMessage")
@@ -75,6 +79,7 @@ class Grant:
     actions: tuple[str, ...]
     resources: tuple[tuple[str, str], ...]  # (service, resource) pairs, e.g. ("sqs", "metering-usage-prod")
     pending_only: bool = False
+    attributes: tuple[str, ...] = ()  # when set, the only attributes a call may name (dynamodb:Attributes)
 
 
 def logical_id(kind: str, name: str) -> str:
@@ -150,6 +155,9 @@ def grants(stage: str) -> dict[str, list[Grant]]:
             Grant("Catalog", dynamodb("GetItem", "PutItem", "Query", "UpdateItem"), (table("catalog"),)),
             Grant("WriteEvents", dynamodb("GetItem", "PutItem"), (table("events"),)),
             Grant("DropEmptyPendingBatch", dynamodb("DeleteItem"), (table("events"),), pending_only=True),
+            # A void or an adjustment marks the event it corrects (in the transaction that stores it): only
+            # the mark attributes, never the quantity or anything else of a stored event.
+            Grant("MarkCorrectedEvents", dynamodb("UpdateItem"), (table("events"),), attributes=CORRECTION_MARKS),
             Grant("ListEvents", dynamodb("Query"), (index("events", "by_line"),)),
             Grant("ReadRollups", dynamodb("Query"), (table("rollups"),)),
             Grant("SendUsage", SQS_SEND_ACTIONS, (queue("usage"),)),
@@ -202,6 +210,9 @@ def statement(grant: Grant) -> dict[str, Any]:
     if grant.pending_only:
         # Every item the call touches must be a pending record: no function deletes or changes an event.
         body["Condition"] = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [PENDING_PREFIX + "*"]}}
+    if grant.attributes:
+        # Every attribute the call names must be one of these (the keys and a correction's marks).
+        body["Condition"] = {"ForAllValues:StringEquals": {"dynamodb:Attributes": list(grant.attributes)}}
     return body
 
 

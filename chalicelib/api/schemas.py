@@ -220,6 +220,9 @@ class UsageQuery(ScopeQuery):
     meter: str | None = Field(default=None, max_length=64)
     cursor: str | None = Field(default=None, max_length=2048)
     limit: int = Field(default=25, ge=1, le=100)
+    hide_voided: bool = Field(
+        default=False, description="true: leave out voided events and the voids that cancel them."
+    )
 
 
 class UsageEventPublic(BaseModel):
@@ -234,9 +237,20 @@ class UsageEventPublic(BaseModel):
     period_date: date
     source: str
     metadata: dict[str, Any]
+    kind: Literal["void", "adjustment"] | None = Field(
+        default=None, description="Only on corrections: a void (cancels an event) or an adjustment (a signed delta)."
+    )
+    corrects: str | None = Field(default=None, description="A correction: the id of the usage event it corrects.")
+    reason: str | None = Field(default=None, description="A correction: why it was made.")
+    created_by: str | None = Field(default=None, description="A correction: the id of the API key that made it.")
+    voided_by: str | None = Field(default=None, description="A voided usage event: the id of its void.")
+    adjusted_by: list[str] | None = Field(
+        default=None, description="An adjusted usage event: the ids of the adjustments naming it."
+    )
 
     @classmethod
     def of(cls, event: UsageEvent) -> UsageEventPublic:
+        """The listed event; the correction fields only where they are set (render with exclude_none)."""
         return cls(
             id=event.id,
             service_line_id=event.service_line_id,
@@ -247,6 +261,12 @@ class UsageEventPublic(BaseModel):
             period_date=event.period_date,
             source=event.source,
             metadata=dict(event.metadata),
+            kind=None if event.kind == "usage" else event.kind,
+            corrects=event.corrects,
+            reason=event.reason,
+            created_by=event.created_by,
+            voided_by=event.voided_by,
+            adjusted_by=list(event.adjusted_by) or None,
         )
 
 
@@ -388,9 +408,20 @@ class SummaryGroup(BaseModel):
 
 class SummaryMeter(BaseModel):
     meter: str
-    quantity: Decimal = Field(description="The meter's aggregation over the period (the sum for sum meters).")
+    quantity: Decimal = Field(
+        description="The meter's aggregation over the period (the sum for sum meters), after corrections."
+    )
     unit: str
     aggregation: str
+    adjusted: Decimal | None = Field(
+        default=None,
+        description="Only when corrections (voids, adjustments) changed the meter in the period: the part of "
+        "quantity they make (sum: their quantities; count: minus the voided events); null for max, min, "
+        "latest and unique_count, whose value is recomputed without voided events.",
+    )
+    restated_at: str | None = Field(
+        default=None, description="Only when corrected: when the latest correction of the period was rolled up."
+    )
     groups: list[SummaryGroup] | None = Field(
         default=None, description="With group_by, for meters that group by that key: the value per group."
     )
@@ -403,6 +434,9 @@ class SummaryLine(BaseModel):
     meters: list[SummaryMeter]
     cost_estimate: Decimal
     currency: str
+    restated_at: str | None = Field(
+        default=None, description="Only when corrected: the latest restated_at of the line's meters."
+    )
 
 
 class SummaryPeriod(BaseModel):
@@ -467,3 +501,84 @@ class AgentCreditsPublic(BaseModel):
 
 class AgentCreditsEnvelope(BaseModel):
     data: AgentCreditsPublic
+
+
+# -- corrections (voids and adjustments) ------------------------------------------------------------
+
+
+class VoidCreate(BaseModel):
+    """The body of `POST /v1/metering/events/{event_id}/void`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Any = Field(description="Why the event is voided (1-500 characters); kept in the audit trail.")
+    idempotency_key: str | None = Field(default=None, description="At most 128 printable ASCII characters.")
+    service_line_id: str | None = Field(
+        default=None, max_length=64, description="The event's line, as GET /v1/usage lists it: finds it in one read."
+    )
+    period_date: str | None = Field(default=None, description="The event's period_date (with service_line_id).")
+
+    @field_validator("idempotency_key", "service_line_id", "period_date", mode="before")
+    @classmethod
+    def _strings_only(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+
+class AdjustmentCreate(BaseModel):
+    """The body of `POST /v1/metering/adjustments`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service_line_id: str = Field(min_length=1, max_length=64)
+    meter: str = Field(min_length=1, max_length=64, description="A sum meter (others take voids only).")
+    period_date: str = Field(description="YYYY-MM-DD: any date within the retention (not ingest's late bound).")
+    quantity: Any = Field(description="A signed JSON number, not 0: negative reduces usage.")
+    reason: Any = Field(description="Why the adjustment is made (1-500 characters).")
+    corrects: str | None = Field(default=None, max_length=64, description="The usage event it corrects, if any.")
+    idempotency_key: str | None = Field(default=None, description="At most 128 printable ASCII characters.")
+
+    @field_validator("service_line_id", "meter", "period_date", "corrects", "idempotency_key", mode="before")
+    @classmethod
+    def _strings_only(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+
+class CorrectionPublic(BaseModel):
+    """A void or an adjustment as stored: what it corrects, why, who and when."""
+
+    id: str
+    kind: Literal["void", "adjustment"]
+    service_line_id: str
+    meter: str
+    quantity: Decimal = Field(description="Its signed effect on the line's usage (a void: minus the event's).")
+    unit: str
+    period_date: date
+    corrects: str | None
+    reason: str
+    created_by: str | None = Field(description="The id of the API key that made it.")
+    recorded_at: str
+
+    @classmethod
+    def of(cls, record: UsageEvent) -> CorrectionPublic:
+        assert record.kind != "usage" and record.reason is not None
+        return cls(
+            id=record.id,
+            kind=record.kind,
+            service_line_id=record.service_line_id,
+            meter=record.meter,
+            quantity=record.quantity,
+            unit=record.unit,
+            period_date=record.period_date,
+            corrects=record.corrects,
+            reason=record.reason,
+            created_by=record.created_by,
+            recorded_at=instant(record.recorded_at),
+        )
+
+
+class CorrectionEnvelope(BaseModel):
+    data: CorrectionPublic

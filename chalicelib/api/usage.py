@@ -17,7 +17,7 @@ from chalicelib.api.schemas import (
 )
 from chalicelib.domain import cursors
 from chalicelib.domain.auth import USAGE_READ
-from chalicelib.domain.models import ServiceLine
+from chalicelib.domain.models import ServiceLine, UsageEvent
 from chalicelib.errors import validation_error
 from chalicelib.services import queries
 
@@ -39,6 +39,11 @@ def _lines(call: Call, query: ScopeQuery) -> list[ServiceLine]:
     )
 
 
+def _standing(event: UsageEvent) -> bool:
+    """Neither a voided event nor a void (hide_voided): what is left adds up to the totals."""
+    return event.voided_by is None and event.kind != "void"
+
+
 @endpoint(bp, "/v1/usage", scope=USAGE_READ, query=UsageQuery, responses={200: UsageListPublic})
 def list_usage(call: Call) -> Reply:
     """List usage events in (service line, period_date, id) order, with an opaque cursor."""
@@ -57,11 +62,12 @@ def list_usage(call: Call) -> Reply:
         query.limit,
         query.meter,
         position,
+        keep=_standing if query.hide_voided else None,
     )
     cursor = cursors.encode(page.next_position, bound, secret) if page.next_position else None
     return Reply(
         {
-            "data": [UsageEventPublic.of(e).model_dump(mode="python") for e in page.events],
+            "data": [UsageEventPublic.of(e).model_dump(mode="python", exclude_none=True) for e in page.events],
             "meta": {"cursor": cursor, "has_more": cursor is not None},
         }
     )

@@ -7,6 +7,7 @@ import secrets
 
 # The scopes the reference documents name, plus the read scopes of the native API.
 METERING_WRITE = "metering:write"
+METERING_ADJUST = "metering:adjust"  # voids and adjustments (docs/architecture.md, "Corrections")
 METER_REPORT = "meter-report"
 ACCOUNTS_BILLING = "accounts:billing"
 USAGE_READ = "usage:read"
@@ -15,7 +16,16 @@ SERVICE_LINES_WRITE = "service-lines:write"
 WORKSPACES_WRITE = "workspaces:write"
 
 ALL_SCOPES: frozenset[str] = frozenset(
-    {METERING_WRITE, METER_REPORT, ACCOUNTS_BILLING, USAGE_READ, CATALOG_READ, SERVICE_LINES_WRITE, WORKSPACES_WRITE}
+    {
+        METERING_WRITE,
+        METERING_ADJUST,
+        METER_REPORT,
+        ACCOUNTS_BILLING,
+        USAGE_READ,
+        CATALOG_READ,
+        SERVICE_LINES_WRITE,
+        WORKSPACES_WRITE,
+    }
 )
 READ_SCOPES: frozenset[str] = frozenset({USAGE_READ, CATALOG_READ, ACCOUNTS_BILLING})
 

@@ -7,7 +7,15 @@ from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID, uuid5
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from chalicelib.domain.aggregation import AGGREGATIONS, MAX_GROUP_KEYS
 
@@ -210,8 +218,27 @@ class Principal(Frozen):
         return scope in self.scopes
 
 
+# What a stored record is: reported usage, or a correction of it (docs/architecture.md, "Corrections").
+EventKind = Literal["usage", "void", "adjustment"]
+# The fields of corrections and of the marks on corrected events: stored only when set, so usage events
+# are stored exactly as before corrections existed.
+CORRECTION_FIELDS: tuple[str, ...] = (
+    "kind",
+    "corrects",
+    "reason",
+    "created_by",
+    "voided_by",
+    "void_slot",
+    "adjusted_by",
+)
+
+
 class UsageEvent(Frozen):
-    """A stored usage event (USAGE-*): immutable once accepted."""
+    """A stored usage event (USAGE-*): immutable once accepted; or a correction (a void or an adjustment).
+
+    A usage event's quantity never changes; a correction of it is a record of its own, and the event only
+    gains marks (`voided_by`, `adjusted_by`) naming its corrections.
+    """
 
     id: str
     organization_id: str
@@ -228,3 +255,30 @@ class UsageEvent(Frozen):
     idempotency_key: str | None
     payload_hash: str
     batch_id: str
+    kind: EventKind = "usage"
+    corrects: str | None = None  # a correction: the id of the usage event it corrects, if any
+    reason: str | None = None  # a correction: why it was made
+    created_by: str | None = None  # a correction: the id of the API key that made it
+    voided_by: str | None = None  # a usage event's mark: the id of the void that cancels it
+    void_slot: str | None = None  # where that void is stored (its slot)
+    adjusted_by: tuple[str, ...] = ()  # a usage event's mark: the ids of adjustments naming it
+
+    @field_validator("adjusted_by", mode="before")
+    @classmethod
+    def _sorted_ids(cls, value: Any) -> Any:
+        """A stored string set comes back unordered: ids in order."""
+        return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else value
+
+    @model_serializer(mode="wrap")
+    def _without_unset_corrections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Correction fields and marks only when set: a usage event is stored as it always was."""
+        data: dict[str, Any] = handler(self)
+        for name in CORRECTION_FIELDS:
+            if name in data and data[name] in (None, (), [], "usage"):
+                del data[name]
+        return data
+
+    @property
+    def tally(self) -> int:
+        """How many events the record counts as in rollups: a usage event 1, a void -1, an adjustment 0."""
+        return {"usage": 1, "void": -1, "adjustment": 0}[self.kind]

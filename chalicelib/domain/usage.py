@@ -312,9 +312,18 @@ class CountableEvent:
     order: str = ""
     unique: str | None = None
     groups: tuple[tuple[str, str], ...] = ()
+    count: int = 1  # events it counts as: a correction 0 (an adjustment) or -1 (a void), with no join cells
+    joins: bool = True  # False for a voided usage event: its max, min, latest or value is not joined in
 
     def contribution(self) -> RollupState:
+        if self.count != 1 or not self.joins:  # docs/architecture.md, "Corrections"
+            return RollupState(self.quantity, self.count)
         return aggregation_of(self.aggregation).contribution(Contribution(self.quantity, self.order, self.unique))
+
+
+# The group key of the rollups that hold only corrections (voids and adjustments) of a line's meter, by day
+# and hour: what the summary reports as adjusted and when (restated_at). Never a metadata key (NUL-prefixed).
+CORRECTIONS = "\x00corrections"
 
 
 def countable(event: UsageEvent, meter: Meter | None = None) -> CountableEvent:
@@ -324,6 +333,8 @@ def countable(event: UsageEvent, meter: Meter | None = None) -> CountableEvent:
     if meter is not None and meter.value_property is not None and meter.value_property in event.metadata:
         unique = group_text(event.metadata[meter.value_property])
     groups = tuple((key, group_value_of(event.metadata, key)) for key in (meter.group_by if meter else ()))
+    if event.kind != "usage" and meter is not None:  # a correction also counts in its line's corrections rollups
+        groups += ((CORRECTIONS, NO_GROUP),)
     return CountableEvent(
         id=event.id,
         organization_id=event.organization_id,
@@ -336,6 +347,8 @@ def countable(event: UsageEvent, meter: Meter | None = None) -> CountableEvent:
         order=f"{instant(event.event_time)}#{event.id}",
         unique=unique,
         groups=groups,
+        count=event.tally,
+        joins=event.voided_by is None,
     )
 
 

@@ -206,8 +206,16 @@ def aggregate(
     poisoned = {mid for mid in units_of if mid not in failed and batch_of[mid] in poison_of}
     for mid in sorted(poisoned):
         give_up_or_retry(by_id[mid], f"rollup cannot be applied: {poison_of[batch_of[mid]]}", batch_of[mid])
+    # Voids of max, min, latest and unique_count meters restate their line-days' join cells (docs/architecture.md,
+    # "Corrections"); a batch whose restatement must wait is delivered again (its markers make that a no-op).
+    from chalicelib.services.adjustments import restate_voided
+
+    settled = [u for u in unique.values() if u.batch_id not in failed_batches and u.batch_id not in poison_of]
+    waiting = restate_voided(settled, events, rollups, meters, now)
+    held = {mid for mid in units_of if mid not in failed and mid not in poisoned and batch_of[mid] in waiting}
+    result.failed.extend(sorted(held))
     # Every chunk of these batches is in the rollups now: their pending records can go.
-    done = {batch_of[mid] for mid in units_of if mid not in failed and mid not in poisoned}
+    done = {batch_of[mid] for mid in units_of if mid not in failed and mid not in poisoned and mid not in held}
     events.delete_pending_many(done)
     for delivery, item in work:
         try:

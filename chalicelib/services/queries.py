@@ -11,10 +11,10 @@ from decimal import Decimal
 from typing import Any
 
 from chalicelib.domain import aggregation
-from chalicelib.domain.aggregation import EMPTY, NO_GROUP, OTHER_GROUP, RollupState, fold
+from chalicelib.domain.aggregation import EMPTY, NO_GROUP, OTHER_GROUP, RollupState, fold, fold_all
 from chalicelib.domain.models import Meter, ServiceLine, UsageEvent
 from chalicelib.domain.money import exact_sum, line_cost, round_money
-from chalicelib.domain.usage import Rollup, RollupKey
+from chalicelib.domain.usage import CORRECTIONS, Rollup, RollupKey
 from chalicelib.domain.windows import DAY, HOUR, Windows, bucket_start, days, each_day, hour_text
 from chalicelib.errors import ErrorCode, MeteringError
 from chalicelib.services.aggregate import platform_meter
@@ -69,10 +69,12 @@ def list_usage(
     limit: int,
     meter: str | None = None,
     position: dict[str, Any] | None = None,
+    keep: Callable[[UsageEvent], bool] | None = None,
 ) -> UsagePage:
     """One page of events ordered by (service line, period_date, id); a position resumes after an event.
 
-    Each line is read through the by_line index (a Query per line, never a scan).
+    Each line is read through the by_line index (a Query per line, never a scan). `keep` leaves out the
+    events it refuses (pages stay full).
     """
     line_ids = [line.id for line in lines]
     first = 0
@@ -93,7 +95,7 @@ def list_usage(
                 )
             except ValueError:  # a start key that is not this line's: a cursor we did not issue
                 raise MeteringError(ErrorCode.INVALID_CURSOR, field="cursor") from None
-            found.extend((line_id, event, key) for event, key in rows)
+            found.extend((line_id, event, key) for event, key in rows if keep is None or keep(event))
             if last is None:
                 break
             start_key = last
@@ -249,6 +251,32 @@ def group_label(group_value: str) -> tuple[str | None, str]:
     return group_value, "value"
 
 
+def corrections_of(
+    rollups: RollupStore,
+    organization_id: str,
+    line_id: str,
+    meter_id: str,
+    meter: Meter | None,
+    start: date,
+    end: date,
+) -> dict[str, Any]:
+    """What corrections (voids, adjustments) changed of a line's meter over the period, from its corrections
+    rollups (nothing when there were none): `adjusted`, the part of the value they make (sum: their
+    quantity; count: minus the voided events; other aggregations: None, their value is recomputed without
+    the voided events), and `restated_at`, when the latest of them was rolled up."""
+    rows = rollups.group_day_rollups(organization_id, line_id, meter_id, CORRECTIONS, start, end)
+    if not rows:
+        return {}
+    state = fold_all(row.state for row in rows)
+    aggregation_name = meter.aggregation if meter is not None else "sum"
+    adjusted: Decimal | None = None
+    if aggregation_name == "sum":
+        adjusted = state.quantity
+    elif aggregation_name == "count":
+        adjusted = Decimal(state.event_count)
+    return {"adjusted": adjusted, "restated_at": max(row.updated_at for row in rows)}
+
+
 def summarize(
     catalog: CatalogReader,
     rollups: RollupStore,
@@ -279,6 +307,7 @@ def summarize(
         if line.currency == currency:  # amounts in another currency are never added in
             costs_in_currency.append(cost)
         entries = []
+        restated = ""
         for meter_id in sorted(values):
             meter = meters.get(meter_id)
             entry: dict[str, Any] = {
@@ -287,6 +316,8 @@ def summarize(
                 "unit": meter.unit if meter else "",
                 "aggregation": meter.aggregation if meter else "sum",
             }
+            entry.update(corrections_of(rollups, organization_id, line.id, meter_id, meter, start, end))
+            restated = max(restated, entry.get("restated_at") or "")
             if group_by is not None and meter is not None and group_by in meter.group_by:
                 grouped = group_states(rollups, organization_id, [line.id], meter_id, group_by, period)
                 entry["groups"] = [
@@ -305,6 +336,8 @@ def summarize(
                 "currency": line.currency,
             }
         )
+        if restated:  # the line's latest correction in the period (absent when none)
+            by_line[-1]["restated_at"] = restated
     return {
         "total_cost_estimate": round_money(exact_sum(costs_in_currency), currency),
         "currency": currency,

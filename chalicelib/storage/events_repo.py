@@ -153,6 +153,82 @@ class DynamoEventStore:
                 request = response.get("UnprocessedKeys") or {}
         return found
 
+    # -- corrections (docs/architecture.md, "Corrections") -----------------------
+    @translated
+    def locate(
+        self, organization_id: str, line_id: str, start: date, end: date, event_id: str
+    ) -> tuple[UsageEvent, str] | None:
+        """A line's record by id with start <= period_date <= end, and its slot, through the by_line index
+        (eventually consistent: read the slot again for its current marks). One key read when start == end."""
+        values: dict[str, Any] = {":line": {"S": line_index_pk(organization_id, line_id)}}
+        kwargs: dict[str, Any] = {"TableName": self.table_name, "IndexName": "by_line"}
+        if start == end:
+            kwargs["KeyConditionExpression"] = "gsi1pk = :line AND gsi1sk = :sk"
+            values[":sk"] = {"S": line_index_sk(start.isoformat(), event_id)}
+        else:
+            kwargs["KeyConditionExpression"] = "gsi1pk = :line AND gsi1sk BETWEEN :lo AND :hi"
+            kwargs["FilterExpression"] = "id = :id"
+            values.update(
+                {
+                    ":lo": {"S": line_index_sk(start.isoformat(), "")},
+                    ":hi": {"S": line_index_sk(end.isoformat(), "~")},
+                    ":id": {"S": event_id},
+                }
+            )
+        kwargs["ExpressionAttributeValues"] = values
+        while True:
+            page = self.client.query(**kwargs)
+            for item in page.get("Items", []):
+                return event_from_item(item), str(item["slot"]["S"])
+            if "LastEvaluatedKey" not in page:
+                return None
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    @translated
+    def put_correction(self, record: UsageEvent, slot: str, target_slot: str | None) -> bool:
+        """Store a correction in its slot if free and, in the same transaction, mark the event it corrects
+        (at `target_slot`) if that is not voided: a void sets `voided_by`, an adjustment adds to
+        `adjusted_by`. Nothing else of the event is written. False when a condition failed (nothing written)."""
+        items: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": event_to_item(record, slot),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+        ]
+        if target_slot is not None:
+            if record.kind == "void":
+                update = "SET #v = :id, #s = :slot"
+                names = {"#v": "voided_by", "#s": "void_slot"}
+                values: dict[str, Any] = {":id": {"S": record.id}, ":slot": {"S": slot}}
+            else:
+                update, names, values = (
+                    "ADD #a :ids",
+                    {"#a": "adjusted_by", "#v": "voided_by"},
+                    {":ids": {"SS": [record.id]}},
+                )
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": key(event_pk(record.organization_id, target_slot), EVENT_SK),
+                        "UpdateExpression": update,
+                        "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(#v)",
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": values,
+                    }
+                }
+            )
+        try:
+            self.client.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+            return True
+        except ClientError as err:
+            if err.response["Error"]["Code"] in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+                return False
+            raise
+
     @translated
     def query_line(
         self,

@@ -120,6 +120,35 @@ class MemoryEventStore:
         with self._lock:
             return {s: e for s in dict.fromkeys(slots) if (e := self._events.get((organization_id, s))) is not None}
 
+    def locate(
+        self, organization_id: str, line_id: str, start: date, end: date, event_id: str
+    ) -> tuple[UsageEvent, str] | None:
+        """As DynamoEventStore.locate: a line's record by id within the dates, and its slot."""
+        with self._lock:
+            for (org, slot), e in self._events.items():
+                if org == organization_id and e.service_line_id == line_id and e.id == event_id:
+                    return (e, slot) if start <= e.period_date <= end else None
+        return None
+
+    def put_correction(self, record: UsageEvent, slot: str, target_slot: str | None) -> bool:
+        """As DynamoEventStore.put_correction: the correction and the mark on its event, atomically."""
+        stored = _stored(record)
+        org = record.organization_id
+        with self._lock:
+            if (org, slot) in self._events:
+                return False
+            if target_slot is not None:
+                target = self._events.get((org, target_slot))
+                if target is None or target.voided_by is not None:
+                    return False
+                if record.kind == "void":
+                    mark: dict[str, Any] = {"voided_by": record.id, "void_slot": slot}
+                else:
+                    mark = {"adjusted_by": tuple(sorted({*target.adjusted_by, record.id}))}
+                self._events[(org, target_slot)] = target.model_copy(update=mark)
+            self._events[(org, slot)] = stored
+            return True
+
     @staticmethod
     def _position(organization_id: str, slot: str, event: UsageEvent) -> Position:
         return {
