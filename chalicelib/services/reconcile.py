@@ -7,27 +7,31 @@ usage queue, each at most LINES_PER_ITEM lines of one organization over the
 recent period dates; the aggregator's invocations run them. The arithmetic of
 how soon every line is reconciled is in docs/architecture.md.
 
-For each (service line, period_date): read the rollups first, then the raw
-events and which of them the aggregator has counted (a batch with no pending
-record is wholly counted; a pending one, as far as its markers say). A
-rollup that differs is set to the recomputed totals only if its version is
-still the one read, so a concurrent aggregator (or a second reconciler) wins
-and the repair is retried on the next run. Rollups touched within a quiet
-period are left for later (DynamoDB's indexes are eventually consistent).
+For each (service line, period_date): read the rollups (with their group values)
+first, then the raw events and which of them the aggregator has counted (a batch
+with no pending record is wholly counted; a pending one, as far as its markers
+say). What every rollup should hold is recomputed under each meter's aggregation
+(services/aggregate.recompute: additive cells from the counted events, join cells
+from every stored event). A rollup that differs is set to the recomputed cells
+only if its version is still the one read, so a concurrent aggregator (or a
+second reconciler) wins and the repair is retried on the next run. Rollups
+touched within a quiet period are left for later (DynamoDB's indexes are
+eventually consistent).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-from chalicelib.domain.models import UsageEvent, instant
+from chalicelib.domain.aggregation import EMPTY
+from chalicelib.domain.models import Meter, UsageEvent, instant
 from chalicelib.domain.pipeline import ReconcileMessage
-from chalicelib.domain.usage import Rollup, RollupDelta, RollupKey, coalesce, countable
+from chalicelib.domain.usage import Rollup, RollupKey
 from chalicelib.services.ports import CatalogRepository, EventStore, MessageQueue, RollupStore
 
 log = logging.getLogger("usage-metering.reconcile")
@@ -37,6 +41,8 @@ QUIET_PERIOD = timedelta(minutes=2)
 PLAN_LINES_PER_RUN = 2000
 PLAN_PAGES_PER_RUN = 8  # scan pages a run reads at most (a page reads at most PLAN_LINES_PER_RUN items)
 LINES_PER_ITEM = 10
+# A meter's definition by id (its aggregation, value property and group keys).
+MeterLookup = Callable[[str], Meter | None]
 PLANNER_JOB = "reconcile-planner"
 
 
@@ -64,15 +70,15 @@ def reconcile(
     now: datetime,
     days: int = RECENT_DAYS,
     quiet: timedelta = QUIET_PERIOD,
+    meters: MeterLookup | None = None,
 ) -> ReconcileReport:
     """Check and repair the rollups of every service line for the last `days` period dates."""
     report = ReconcileReport()
     today = now.date()
     for line in catalog.all_service_lines():
         for offset in range(days):
-            reconcile_line_day(
-                line.organization_id, line.id, today - timedelta(days=offset), events, rollups, now, quiet, report
-            )
+            day = today - timedelta(days=offset)
+            reconcile_line_day(line.organization_id, line.id, day, events, rollups, now, quiet, report, meters)
     if report.repaired:
         log.warning("reconciliation repaired %d rollups", len(report.repaired))
     return report
@@ -127,12 +133,14 @@ def run_item(
     now: datetime,
     quiet: timedelta = QUIET_PERIOD,
     report: ReconcileReport | None = None,
+    meters: MeterLookup | None = None,
 ) -> ReconcileReport:
     """Reconcile one work item's lines over its period dates."""
     report = report or ReconcileReport()
     for line_id in item.lines:
         for day in item.days:
-            reconcile_line_day(item.org, line_id, date.fromisoformat(day), events, rollups, now, quiet, report)
+            at = date.fromisoformat(day)
+            reconcile_line_day(item.org, line_id, at, events, rollups, now, quiet, report, meters)
     return report
 
 
@@ -145,8 +153,15 @@ def reconcile_line_day(
     now: datetime,
     quiet: timedelta,
     report: ReconcileReport,
+    meters: MeterLookup | None = None,
 ) -> None:
-    observed: dict[RollupKey, Rollup] = {r.key: r for r in rollups.rollups_of_period(organization_id, line_id, day)}
+    """Recompute every rollup (day and hour, ungrouped and per group value) of a line's period_date and
+    repair those that differ; `meters` gives each meter's aggregation (default: the platform catalog's)."""
+    from chalicelib.services.aggregate import platform_meter, recompute  # aggregate imports this module
+
+    observed: dict[RollupKey, Rollup] = {
+        r.key: r for r in rollups.rollups_of_period(organization_id, line_id, day, with_groups=True)
+    }
     recent = instant(now - quiet)
     if any(r.updated_at > recent for r in observed.values()):
         report.skipped_recent += 1
@@ -161,16 +176,17 @@ def reconcile_line_day(
             counted.extend(e for e in batch_events if e.id in applied)
         else:
             counted.extend(batch_events)
-    expected = coalesce(countable(e) for e in counted)
+    stored = [e for batch_events in by_batch.values() for e in batch_events]
+    expected = recompute(counted, stored, meters or platform_meter, rollups)
     for rk in sorted(set(expected) | set(observed)):
         report.checked += 1
-        want = expected.get(rk, RollupDelta(Decimal(0), 0))
+        want = expected.get(rk, EMPTY)
         have = observed.get(rk)
-        if have is not None and have.quantity == want.quantity and have.event_count == want.event_count:
+        if have is not None and have.state == want:
             continue
-        if have is None and want.event_count == 0:
+        if have is None and want.empty:
             continue
-        if rollups.repair(rk, want.quantity, want.event_count, have, now):
+        if rollups.repair_state(rk, want, have, now):
             report.repaired.append(
                 {
                     "service_line_id": rk.service_line_id,
@@ -178,6 +194,8 @@ def reconcile_line_day(
                     "grain": rk.grain,
                     "period_date": rk.period_date,
                     "hour": rk.hour or None,
+                    "group_key": rk.group_key or None,
+                    "group_value": rk.group_value if rk.group_key else None,
                     "was": {"quantity": have.quantity, "event_count": have.event_count} if have else None,
                     "now": {"quantity": want.quantity, "event_count": want.event_count},
                 }
