@@ -47,8 +47,7 @@ def agent_credits(
     plan = plan_of(catalog, organization_id)
     first, last, resets = month_bounds(now)
     lines = [line.id for line in catalog.list_service_lines(organization_id)]
-    # queries.daily_totals still names DynamoRollupStore; it only reads day rollups, which the port has
-    totals = daily_totals(rollups, organization_id, lines, first, last)  # type: ignore[arg-type]
+    totals = daily_totals(rollups, organization_id, lines, first, last)
     used = exact_sum(q for (_, meter, _), q in totals.items() if meter == CREDIT_METER)
     limit = plan.limits.agent_credits_monthly
     remaining = None if limit is None or limit == "custom" else max(Decimal(0), Decimal(limit) - used)
