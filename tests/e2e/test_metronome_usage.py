@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,7 @@ from chalicelib.domain.auth import METERING_WRITE
 from chalicelib.domain.models import Organization, organization_uuid
 from chalicelib.services import catalog_admin
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY, READ_KEY, auth
-from tests.support import run_aggregator
+from tests.support import in_memory_container, run_aggregator
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -46,6 +47,12 @@ EVENTS: list[tuple[str, str, str, str, str | None, dict[str, Any] | None, str]] 
     ("2026-04-14T10:22:00Z", AGENT, "agent.tokens", "0.2", None, {"agent_id": "a2", "model": "m1"}, FULL_KEY),
     ("2026-04-14T09:15:00Z", OTHER_LINE, "talent.hours", "100", None, {"talent_id": "T1"}, OTHER_ORG_KEY),
 ]
+
+
+@pytest.fixture
+def container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
+    """The app over the in-memory stores (the emulator is for the stores' own tests)."""
+    yield from in_memory_container(monkeypatch)
 
 
 def at(text: str) -> datetime:
