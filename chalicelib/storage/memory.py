@@ -45,16 +45,20 @@ _SMALLEST, _TOO_BIG = Decimal("1E-130"), Decimal("1E+126")
 
 
 def check_storable(value: Any, where: str = "item") -> None:
-    """Refuse what the DynamoDB adapter cannot store, the way it refuses it: a float (TypeError), a number
-    boto3 would round (decimal's ArithmeticError), or one outside DynamoDB's range (StoreError)."""
+    """Refuse what the DynamoDB adapter cannot store, the way it refuses it: a float (TypeError), text that
+    is not UTF-8 (UnicodeEncodeError), a number boto3 would round (decimal's ArithmeticError), or one
+    outside DynamoDB's range (StoreError)."""
     if isinstance(value, float):
         raise TypeError("floats are never stored; use Decimal")
-    if isinstance(value, Decimal):
+    if isinstance(value, str):
+        value.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, as botocore raises sending it
+    elif isinstance(value, Decimal):
         _NUMBERS.create_decimal(value)
         if not value.is_zero() and not _SMALLEST <= abs(value) < _TOO_BIG:
             raise StoreError(f"{where}: {value} is outside DynamoDB's number range", "ValidationException")
     elif isinstance(value, Mapping):
         for key, inner in value.items():
+            check_storable(key, where)
             check_storable(inner, f"{where}.{key}")
     elif isinstance(value, (list, tuple, set, frozenset)):
         for inner in value:

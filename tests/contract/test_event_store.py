@@ -316,3 +316,14 @@ def test_a_number_dynamodb_cannot_store_is_refused_and_nothing_is_written(
     with pytest.raises(refusal):
         event_store.put_new(e, "K#k-bad")
     assert event_store.get(ORG, "K#k-bad") is None
+
+
+@pytest.mark.parametrize("metadata", [{"note": "\ud800"}, {"\udc00": 1}])
+def test_text_that_is_not_utf8_is_refused_and_nothing_is_written(
+    event_store: EventStore, metadata: dict[str, Any]
+) -> None:
+    """A lone surrogate cannot be sent to DynamoDB: the API must refuse it before (either store raises)."""
+    e = event("k-s").model_copy(update={"metadata": metadata})
+    with pytest.raises(UnicodeEncodeError):
+        event_store.put_new(e, "K#k-s")
+    assert event_store.get(ORG, "K#k-s") is None
