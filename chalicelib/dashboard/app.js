@@ -4,7 +4,8 @@
 const KEY_STORE = "usage-metering.api-key";
 const PAGE_SIZE = 20;
 const HOURLY_UP_TO_DAYS = 2;
-const COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]; // Okabe-Ito: safe for colour blindness
+// Okabe-Ito hues (told apart with colour blindness), darkened where needed for 3:1 contrast on white.
+const COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#A6761D", "#666666"];
 // The API's base: this page is `<base>dashboard`, so `<base>v1/...` (works under an API Gateway stage prefix too).
 const BASE = location.pathname.replace(/dashboard\/?$/, "");
 
@@ -140,7 +141,7 @@ async function signIn(key) {
     $("sign-out").hidden = false;
     await loadPeriod();
   } catch (error) {
-    if (error.status === 401 || !sessionStorage.getItem(KEY_STORE)) signOut(false);
+    if (error.status === 401 || error.status === 403) signOut(false); // a key that cannot read usage is forgotten
     showError(error);
     say("");
   }
@@ -240,6 +241,7 @@ function renderCharts(series) {
       width: Math.max(260, plot.clientWidth), height: 180,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       legend: { show: false },
+      scales: { y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } }, // bars start at 0
       series: [{}, { label: s.meter, stroke: colour, fill: colour + "33", width: 2, points: { show: false },
         paths: uPlot.paths.bars({ size: [0.7, 40] }) }],
       axes: [{}, { label: s.unit, size: 64, values: (u, ticks) => ticks.map(compact) }],
