@@ -200,9 +200,10 @@ def void(
         )
         rules.check_voidable(event)
         if event.voided_by is not None and event.void_slot is not None:
-            existing = events.get(organization_id, event.void_slot)
-            if existing is not None and existing.id == event.voided_by:
-                return CorrectionOutcome("duplicate", existing)
+            for where in (event.void_slot, archive_slot(event.voided_by)):  # moved aside if its key was reused
+                existing = events.get(organization_id, where)
+                if existing is not None and existing.id == event.voided_by:
+                    return CorrectionOutcome("duplicate", existing)
         moment = now.replace(microsecond=now.microsecond // 1000 * 1000)
         record = rules.void_of(event, request, rules.void_id(moment), moment, new_batch_id(moment), key_id)
         if _store(events, queue, record, slot, moment):
