@@ -25,7 +25,14 @@ from chalicelib.domain.models import (
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-class QueryBase(BaseModel):
+class Schema(BaseModel):
+    """The base of every model here: its validator is built at first use, not at import (a cold start
+    builds only the models its request needs; validation and JSON schema are the same either way)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class QueryBase(Schema):
     """Query parameters: unknown ones are refused with a 400 naming them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -41,12 +48,12 @@ class PlansQuery(QueryBase):
     limit: int = Field(default=100, ge=1, le=100)
 
 
-class ListMeta(BaseModel):
+class ListMeta(Schema):
     cursor: str | None
     has_more: bool
 
 
-class MeterPublic(BaseModel):
+class MeterPublic(Schema):
     """A meter as document 000 lists it, with document 002's UUID and status."""
 
     id: str
@@ -82,7 +89,7 @@ class MeterPublic(BaseModel):
         )
 
 
-class PlanLimitsSummary(BaseModel):
+class PlanLimitsSummary(Schema):
     workspaces: int | None
     active_service_lines: int | None
     users: int | None
@@ -90,7 +97,7 @@ class PlanLimitsSummary(BaseModel):
     agent_credits_monthly: int | str | None
 
 
-class PlanSummaryPublic(BaseModel):
+class PlanSummaryPublic(Schema):
     """A plan as `GET /v1/plans` lists it."""
 
     id: str
@@ -135,7 +142,7 @@ class PlanPublic(PlanSummaryPublic):
         )
 
 
-class UsageEventCreate(BaseModel):
+class UsageEventCreate(Schema):
     """The body of `POST /v1/metering/events` (document 000)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -156,7 +163,7 @@ class UsageEventCreate(BaseModel):
         return value
 
 
-class UsageEventBatchCreate(BaseModel):
+class UsageEventBatchCreate(Schema):
     """The body of `POST /v1/metering/events/batch`: 1 to 100 events."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -164,7 +171,7 @@ class UsageEventBatchCreate(BaseModel):
     events: list[Any] = Field(min_length=1, max_length=100)
 
 
-class UsageEventRecordPublic(BaseModel):
+class UsageEventRecordPublic(Schema):
     """The record `POST /v1/metering/events` answers with."""
 
     id: str
@@ -225,7 +232,7 @@ class UsageQuery(ScopeQuery):
     )
 
 
-class UsageEventPublic(BaseModel):
+class UsageEventPublic(Schema):
     """A usage event as `GET /v1/usage` lists it."""
 
     id: str
@@ -270,7 +277,7 @@ class UsageEventPublic(BaseModel):
         )
 
 
-class ServiceLineCreate(BaseModel):
+class ServiceLineCreate(Schema):
     """The body of `POST /v1/service-lines`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -297,7 +304,7 @@ class ServiceLinesQuery(QueryBase):
     status: Literal["active", "paused"] | None = None
 
 
-class ServiceLinePublic(BaseModel):
+class ServiceLinePublic(Schema):
     """A service line with its billing model (the meters it bills and their rates)."""
 
     id: str
@@ -335,7 +342,7 @@ class ServiceLinePublic(BaseModel):
 # -- response envelopes (the OpenAPI document is generated from these) --------------------------
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(Schema):
     """The body of a native error: a stable code, a message, the field at fault if any."""
 
     model_config = ConfigDict(extra="allow")
@@ -346,30 +353,30 @@ class ErrorDetail(BaseModel):
     request_id: str
 
 
-class ErrorPublic(BaseModel):
+class ErrorPublic(Schema):
     """The native error envelope."""
 
     error: ErrorDetail
 
 
-class MeterListPublic(BaseModel):
+class MeterListPublic(Schema):
     data: list[MeterPublic]
 
 
-class PlanListPublic(BaseModel):
+class PlanListPublic(Schema):
     data: list[PlanSummaryPublic]
     meta: ListMeta
 
 
-class PlanEnvelope(BaseModel):
+class PlanEnvelope(Schema):
     data: PlanPublic
 
 
-class UsageEventEnvelope(BaseModel):
+class UsageEventEnvelope(Schema):
     data: UsageEventRecordPublic
 
 
-class BatchItemError(BaseModel):
+class BatchItemError(Schema):
     model_config = ConfigDict(extra="allow")
 
     code: str
@@ -377,7 +384,7 @@ class BatchItemError(BaseModel):
     field: str | None = None
 
 
-class BatchItemResult(BaseModel):
+class BatchItemResult(Schema):
     """The outcome of one event of a batch, at its index in the request."""
 
     index: int
@@ -386,16 +393,16 @@ class BatchItemResult(BaseModel):
     error: BatchItemError | None = None
 
 
-class BatchResultPublic(BaseModel):
+class BatchResultPublic(Schema):
     data: list[BatchItemResult]
 
 
-class UsageListPublic(BaseModel):
+class UsageListPublic(Schema):
     data: list[UsageEventPublic]
     meta: ListMeta
 
 
-class SummaryGroup(BaseModel):
+class SummaryGroup(Schema):
     """A meter's value over the period for one value of the group_by key."""
 
     value: str | None = Field(description="The metadata value (as text); null for missing and other.")
@@ -406,7 +413,7 @@ class SummaryGroup(BaseModel):
     quantity: Decimal
 
 
-class SummaryMeter(BaseModel):
+class SummaryMeter(Schema):
     meter: str
     quantity: Decimal = Field(
         description="The meter's aggregation over the period (the sum for sum meters), after corrections."
@@ -427,7 +434,7 @@ class SummaryMeter(BaseModel):
     )
 
 
-class SummaryLine(BaseModel):
+class SummaryLine(Schema):
     service_line_id: str
     name: str
     product_line: str
@@ -439,14 +446,14 @@ class SummaryLine(BaseModel):
     )
 
 
-class SummaryPeriod(BaseModel):
+class SummaryPeriod(Schema):
     model_config = ConfigDict(populate_by_name=True)
 
     from_: date = Field(alias="from")
     to: date
 
 
-class UsageSummary(BaseModel):
+class UsageSummary(Schema):
     period: SummaryPeriod
     organization_id: str
     total_cost_estimate: Decimal
@@ -454,20 +461,20 @@ class UsageSummary(BaseModel):
     by_service_line: list[SummaryLine]
 
 
-class UsageSummaryPublic(BaseModel):
+class UsageSummaryPublic(Schema):
     data: UsageSummary
 
 
-class ServiceLineEnvelope(BaseModel):
+class ServiceLineEnvelope(Schema):
     data: ServiceLinePublic
 
 
-class ServiceLineListPublic(BaseModel):
+class ServiceLineListPublic(Schema):
     data: list[ServiceLinePublic]
     meta: ListMeta
 
 
-class WorkspaceCreate(BaseModel):
+class WorkspaceCreate(Schema):
     """The body of `POST /v1/workspaces`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -475,21 +482,21 @@ class WorkspaceCreate(BaseModel):
     name: str = Field(min_length=1, max_length=120)
 
 
-class WorkspacePublic(BaseModel):
+class WorkspacePublic(Schema):
     id: str
     organization_id: str
     name: str
 
 
-class WorkspaceEnvelope(BaseModel):
+class WorkspaceEnvelope(Schema):
     data: WorkspacePublic
 
 
-class WorkspaceListPublic(BaseModel):
+class WorkspaceListPublic(Schema):
     data: list[WorkspacePublic]
 
 
-class AgentCreditsPublic(BaseModel):
+class AgentCreditsPublic(Schema):
     organization_id: str
     month: str
     limit: int | str | None = Field(description="null: no cap; 'custom': set by contract, not capped here.")
@@ -499,14 +506,14 @@ class AgentCreditsPublic(BaseModel):
     resets_at: str
 
 
-class AgentCreditsEnvelope(BaseModel):
+class AgentCreditsEnvelope(Schema):
     data: AgentCreditsPublic
 
 
 # -- corrections (voids and adjustments) ------------------------------------------------------------
 
 
-class VoidCreate(BaseModel):
+class VoidCreate(Schema):
     """The body of `POST /v1/metering/events/{event_id}/void`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -526,7 +533,7 @@ class VoidCreate(BaseModel):
         return value
 
 
-class AdjustmentCreate(BaseModel):
+class AdjustmentCreate(Schema):
     """The body of `POST /v1/metering/adjustments`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -547,7 +554,7 @@ class AdjustmentCreate(BaseModel):
         return value
 
 
-class CorrectionPublic(BaseModel):
+class CorrectionPublic(Schema):
     """A void or an adjustment as stored: what it corrects, why, who and when."""
 
     id: str
@@ -580,5 +587,5 @@ class CorrectionPublic(BaseModel):
         )
 
 
-class CorrectionEnvelope(BaseModel):
+class CorrectionEnvelope(Schema):
     data: CorrectionPublic
