@@ -20,9 +20,10 @@ from chalicelib.local.runtime import sqs_event
 from chalicelib.services import catalog_admin
 from chalicelib.storage import clients
 from chalicelib.storage.codec import from_item, to_item
-from chalicelib.storage.events_repo import event_to_item, pending_shard
+from chalicelib.storage.events_repo import DynamoEventStore, event_to_item, pending_shard
 from chalicelib.storage.keys import pending_pk
 from chalicelib.storage.memory import MemoryEventStore, MemoryQueue
+from chalicelib.storage.queue import SqsQueue
 
 MEMORY_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:memory"
 
@@ -41,6 +42,12 @@ def in_memory_container(monkeypatch: pytest.MonkeyPatch) -> Iterator[Container]:
         yield built
     finally:
         set_container(None)
+
+
+def sqs_queue(container: Container) -> SqsQueue:
+    """The container's usage queue when it is SQS (the emulator's)."""
+    assert isinstance(container.queue, SqsQueue), "not an SQS queue"
+    return container.queue
 
 
 def memory_messages(queue: MemoryQueue) -> list[dict[str, Any]]:
@@ -84,7 +91,7 @@ def run_aggregator(client: Any, container: Container) -> int:
                 handled += len(chunk)
         return handled
     sqs = clients.sqs()
-    url = container.queue.url
+    url = sqs_queue(container).url
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     handled = 0
     while True:
@@ -104,6 +111,7 @@ def scan_events_table(container: Container) -> list[dict[str, Any]]:
         return memory_event_items(container.events)
     items: list[dict[str, Any]] = []
     paginator = clients.dynamodb().get_paginator("scan")
+    assert isinstance(container.events, DynamoEventStore)
     for page in paginator.paginate(TableName=container.events.table_name, ConsistentRead=True):
         items.extend(from_item(i) for i in page.get("Items", []))
     return items
@@ -144,7 +152,7 @@ def take_queued_messages(container: Container) -> list[dict[str, Any]]:
     while True:
         received = (
             clients.sqs()
-            .receive_message(QueueUrl=container.queue.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            .receive_message(QueueUrl=sqs_queue(container).url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
             .get("Messages", [])
         )
         if not received:

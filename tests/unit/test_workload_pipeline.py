@@ -1,5 +1,6 @@
-"""Two weeks of real-shaped usage for the demo organizations through ingest, the queue and the aggregator:
-the native summary shows exactly the decimal sums of what was accepted, and the listing every accepted event."""
+"""Two weeks of real-shaped usage for the demo organizations through ingest, the queue and the aggregator
+(over the in-memory stores): the native summary shows exactly the decimal sums of what was accepted, and
+the listing every accepted event."""
 
 from __future__ import annotations
 
