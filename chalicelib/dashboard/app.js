@@ -206,11 +206,12 @@ function renderSummary(summary) {
     el("h3", { text: `${line.name} (${line.service_line_id})` }),
     el("p", { class: "line-cost" }, "Cost estimate: ",
       el("strong", { "data-cost": line.service_line_id, text: money(line.cost_estimate, line.currency) }),
-      ` · ${line.product_line}`),
-    table(`Usage of ${line.service_line_id}`, ["Meter", "Aggregation", "Quantity", "Unit"],
-      line.meters.map((m) => [m.meter, aggregationOf(m.meter),
-        el("span", { "data-quantity": `${line.service_line_id}/${m.meter}`, text: decimal(m.quantity) }), m.unit]),
-      [2]),
+      ` · ${line.product_line}` + (line.restated_at ? ` · restated ${line.restated_at} after corrections` : "")),
+    table(`Usage of ${line.service_line_id}`, ["Meter", "Aggregation", "Quantity", "Unit", "Of which corrections"],
+      line.meters.map((m) => [m.meter, m.aggregation || aggregationOf(m.meter),
+        el("span", { "data-quantity": `${line.service_line_id}/${m.meter}`, text: decimal(m.quantity) }), m.unit,
+        m.adjusted != null ? decimal(m.adjusted) : m.restated_at ? "recomputed" : ""]),
+      [2, 4]),
   ))));
 }
 
@@ -295,13 +296,12 @@ function fillFilters() {
   options($("ev-meter"), Object.keys(state.meters).sort().map((m) => [m, m]));
 }
 
-// Marks of corrected events, when the API gives them: voided, adjusted, or an adjustment of another event.
+// Corrections: a voided or adjusted event, and the void or adjustment that corrects it.
 function marksOf(e) {
   const marks = [];
-  if (e.voided === true || e.status === "voided" || e.voided_at) marks.push("voided");
-  if (e.adjusted === true || e.status === "adjusted" || e.adjusted_by) marks.push("adjusted");
-  const of = e.adjusts || e.corrects || e.adjustment_of;
-  if (e.kind === "adjustment" || e.type === "adjustment" || of) marks.push(of ? `adjustment of ${of}` : "adjustment");
+  if (e.voided_by) marks.push("voided");
+  if (e.adjusted_by && e.adjusted_by.length) marks.push("adjusted");
+  if (e.kind) marks.push(`${e.kind} of ${e.corrects}`);
   return marks;
 }
 
@@ -313,6 +313,7 @@ async function loadEvents(reset) {
     const answer = await api("v1/usage", {
       service_line_id: $("ev-line").value, meter: $("ev-meter").value,
       from: $("ev-from").value, to: $("ev-to").value, limit: PAGE_SIZE, cursor: state.cursors[page],
+      hide_voided: $("ev-hide-voided").checked ? "true" : "",
     });
     state.shown = answer.data;
     state.next = answer.meta.cursor;
@@ -328,7 +329,7 @@ function renderEvents(page) {
     const row = el("tr", { "data-event": e.id, class: marks.includes("voided") ? "voided" : "" },
       el("td", { text: e.period_date }), el("td", { text: e.service_line_id }), el("td", { text: e.meter }),
       el("td", { class: "num", text: `${decimal(e.quantity)} ${e.unit}` }),
-      el("td", {}, ...marks.map((m) => el("span", { class: "mark", text: m }))),
+      el("td", { title: e.reason || "" }, ...marks.map((m) => el("span", { class: "mark", text: m }))),
       el("td", { text: e.id }), el("td", { text: e.recorded_at }), el("td", { text: e.source }));
     return row;
   });
@@ -347,7 +348,8 @@ function csvCell(value) {
 }
 
 function downloadCsv() {
-  const columns = ["id", "service_line_id", "meter", "quantity", "unit", "period_date", "recorded_at", "source", "marks", "metadata"];
+  const columns = ["id", "service_line_id", "meter", "quantity", "unit", "period_date", "recorded_at", "source", "marks",
+    "corrects", "reason", "metadata"];
   const lines = [columns.join(",")].concat(state.shown.map((e) =>
     columns.map((c) => csvCell(c === "marks" ? marksOf(e).join("; ") : e[c])).join(",")));
   const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
