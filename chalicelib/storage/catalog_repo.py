@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from chalicelib.domain.models import ApiKey, Meter, Organization, Plan, ServiceLine, Workspace
 from chalicelib.domain.store import Idempotency, IdTakenError
 from chalicelib.storage import clients
+from chalicelib.storage.cached_catalog import TtlCache
 from chalicelib.storage.codec import from_item, key, to_item
 from chalicelib.storage.keys import (
     ACTIVE_LINES_SK,
@@ -63,6 +64,8 @@ class DynamoCatalogRepository:
         self._client = client
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, Any]] = {}
+        # API keys and service lines, which every request reads: kept for a short TTL (storage/cached_catalog.py)
+        self.hot: TtlCache[Any] = TtlCache()
 
     @property
     def client(self) -> DynamoDBClient:
@@ -104,6 +107,7 @@ class DynamoCatalogRepository:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+        self.hot.clear()
 
     @staticmethod
     def _strip(item: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +158,14 @@ class DynamoCatalogRepository:
         return sorted((ServiceLine.model_validate(self._strip(i)) for i in items), key=lambda s: s.id)
 
     def get_service_line(self, organization_id: str, line_id: str) -> ServiceLine | None:
-        item = self._get(org_pk(organization_id), line_sk(line_id))
-        return ServiceLine.model_validate(self._strip(item)) if item else None
+        """A service line (kept for the cache's TTL once found: a pause takes effect within it)."""
+
+        def load() -> ServiceLine | None:
+            item = self._get(org_pk(organization_id), line_sk(line_id))
+            return ServiceLine.model_validate(self._strip(item)) if item else None
+
+        line: ServiceLine | None = self.hot.get(f"line:{organization_id}:{line_id}", load)
+        return line
 
     def service_lines_page(
         self, start: dict[str, Any] | None, limit: int
@@ -192,8 +202,14 @@ class DynamoCatalogRepository:
                 return sorted(lines, key=lambda s: s.id)
 
     def get_api_key(self, key_hash: str) -> ApiKey | None:
-        item = self._get(api_key_pk(key_hash), API_KEY_SK)
-        return ApiKey.model_validate(self._strip(item)) if item else None
+        """An API key by hash (kept for the cache's TTL once found: a revocation takes effect within it)."""
+
+        def load() -> ApiKey | None:
+            item = self._get(api_key_pk(key_hash), API_KEY_SK)
+            return ApiKey.model_validate(self._strip(item)) if item else None
+
+        api_key: ApiKey | None = self.hot.get(f"key:{key_hash}", load)
+        return api_key
 
     # -- writing (catalog loading, the key command) ---------------------------
     def _put(self, pk: str, sk: str, kind: str, values: dict[str, Any]) -> None:
@@ -263,6 +279,7 @@ class DynamoCatalogRepository:
         values = line.model_dump(mode="python")
         values["created_at"] = line.created_at.isoformat()
         self._put_guarded(line.id, line.organization_id, line_sk(line.id), "service_line", values)
+        self.hot.forget(f"line:{line.organization_id}:{line.id}")
 
     # -- service lines under the plan's active-line limit ------------------------
     def _counter_update(
@@ -363,6 +380,7 @@ class DynamoCatalogRepository:
         self, organization_id: str, line_id: str, status: str, active_limit: int | None
     ) -> str | None:
         """Pause or resume a line, keeping the active count; None when done, "limit" or "unchanged" otherwise."""
+        self.hot.forget(f"line:{organization_id}:{line_id}")
         delta = 1 if status == "active" else -1
         try:
             self.client.transact_write_items(
@@ -380,6 +398,7 @@ class DynamoCatalogRepository:
                     },
                 ]
             )
+            self.hot.forget(f"line:{organization_id}:{line_id}")  # a read racing the write may have kept the old
             return None
         except ClientError as err:
             if err.response["Error"]["Code"] != "TransactionCanceledException":
@@ -435,6 +454,7 @@ class DynamoCatalogRepository:
     def put_api_key(self, api_key: ApiKey) -> None:
         values = api_key.model_dump(mode="json")
         self._put(api_key_pk(api_key.key_hash), API_KEY_SK, "api_key", values)
+        self.hot.forget(f"key:{api_key.key_hash}")
         self._put(api_key_ref_pk(api_key.key_id), API_KEY_SK, "api_key_ref", {"key_hash": api_key.key_hash})
 
     def list_api_keys(self, organization_id: str | None = None) -> list[ApiKey]:
@@ -477,4 +497,5 @@ class DynamoCatalogRepository:
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={":revoked": {"S": "revoked"}},
         )
+        self.hot.forget(f"key:{ref['key_hash']}")
         return True
