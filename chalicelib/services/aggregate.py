@@ -152,11 +152,12 @@ def aggregate(
     meters: MeterLookup = platform_meter,
 ) -> AggregateResult:
     """Apply a batch of messages; returns the ids of messages to deliver again."""
-    from chalicelib.services import reconcile  # reconcile uses recompute() from here
+    from chalicelib.services import reconcile, sweep  # both use this module's functions
 
     result = AggregateResult()
     units_of: dict[str, list[ApplyUnit]] = {}
     batch_of: dict[str, str] = {}
+    pended: set[str] = set()  # batches with a pending record: all but a single event's (services/ingest.py)
     by_id = {delivery.message_id: delivery for delivery in deliveries}
 
     def give_up_or_retry(delivery: Delivery, reason: str, batch_id: str | None) -> None:
@@ -184,6 +185,8 @@ def aggregate(
                 raise PoisonMessage(f"unreadable body: {exc.errors(include_url=False)[0]['msg']}") from None
             units_of[delivery.message_id] = plan_units(message, events, rollups, meters)
             batch_of[delivery.message_id] = message.batch
+            if message.origin != "ingest" or len(message.events) != 1:
+                pended.add(message.batch)
         except PoisonMessage as poison:
             give_up_or_retry(delivery, str(poison), batch_of.get(delivery.message_id) or _batch_in(delivery.body))
     # Two messages of one batch in one invocation (a resent copy, the sweeper's next to the ingest's)
@@ -216,10 +219,13 @@ def aggregate(
     result.failed.extend(sorted(held))
     # Every chunk of these batches is in the rollups now: their pending records can go.
     done = {batch_of[mid] for mid in units_of if mid not in failed and mid not in poisoned and mid not in held}
-    events.delete_pending_many(done)
+    events.delete_pending_many(done & pended)
     for delivery, item in work:
         try:
-            checked = reconcile.run_item(item, events, rollups, now)
+            # a single event whose process died before its send is rolled up first; the reconciler then
+            # counts every batch by its markers (services/sweep.py)
+            sweep.roll_up_unsent(item, events, rollups, now, meters)
+            checked = reconcile.run_item(item, sweep.counted_by_markers(events), rollups, now)
         except Exception as exc:  # one work item's failure (a throttle, a bug) retries it alone
             give_up_or_retry(delivery, f"reconciliation failed: {type(exc).__name__}: {exc}", None)
             continue

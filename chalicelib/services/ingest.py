@@ -8,11 +8,19 @@ acceptance costs no read; a draft the catalog refuses is looked up by its idempo
 (or a conflict) whatever changed in the catalog since.
 
 Order of writes, so that an accepted event can never miss the rollups:
-1. the batch's pending record (which events it means to write);
+1. the batch's pending record (which events it means to write), when it means to write several;
 2. each event, by a conditional put on its (organization, idempotency key) slot;
 3. one SQS message for the events written.
 A crash after 1 or 2, or a failed 3, leaves the pending record, and the sweeper
 re-enqueues it. The caller's answer does not depend on step 3.
+
+A request that writes one event dated yesterday or later (the single-event path) skips step 1:
+its pending record is written only when the send fails or is not confirmed (then the sweeper
+re-enqueues it as above).
+A crash between its put and its send leaves an event that no message and no pending record name;
+the reconciliation work items find it through the listing index and roll it up under the marker
+its message would have used (services/sweep.py, `roll_up_unsent`), within 10 x ceil(lines / 2,000)
+minutes (docs/architecture.md, "The single-event path at its floor").
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from chalicelib.domain.ids import batch_id as new_batch_id
@@ -36,6 +44,11 @@ from chalicelib.services.ports import CatalogReader, EventStore
 from chalicelib.services.ports import MessageQueue as MessageQueue  # where aggregate and reconcile import it from
 
 log = logging.getLogger("usage-metering.ingest")
+
+# A single event goes without a pending record only if reconciliation, which looks at the last 3 period
+# dates (services/reconcile.RECENT_DAYS), will see its period_date for a day at least: dated at most this
+# many days back (or ahead). An older one is written behind a pending record, as a batch is.
+UNPENDED_DAYS_BACK = 1
 
 Status = Literal["accepted", "duplicate", "conflict", "rejected"]
 
@@ -318,24 +331,27 @@ def ingest(
     to_write = candidates
     if to_write:
         pairs = tuple((slot_for(e.idempotency_key, e.id), e.id) for e in to_write.values())
-        events.put_pending(PendingBatch(batch, organization_id, now, pairs))
-        futures = {i: _executor().submit(_store, events, e, now, matchers[i]) for i, e in to_write.items()}
+        oldest = min(e.period_date for e in to_write.values())
+        # no pending record unless its send fails (see the module's docstring)
+        single = len(to_write) == 1 and oldest >= now.date() - timedelta(days=UNPENDED_DAYS_BACK)
+        if not single:
+            events.put_pending(PendingBatch(batch, organization_id, now, pairs))
         uncertain = False
-        for index, future in futures.items():
-            try:
-                outcomes[index] = future.result()
-            except MeteringError as error:
-                outcomes[index] = IngestOutcome("rejected", error=error)
-            except Exception as exc:  # one event that cannot be stored must not sink the batch
-                log.exception("storing an event failed")
-                outcome, known = _after_failed_write(events, to_write[index], exc)
+        for index, result in _store_all(events, to_write, now, matchers):
+            if isinstance(result, IngestOutcome):
+                outcomes[index] = result
+            elif isinstance(result, MeteringError):
+                outcomes[index] = IngestOutcome("rejected", error=result)
+            else:  # one event that cannot be stored must not sink the batch
+                log.error("storing an event failed", exc_info=result)
+                outcome, known = _after_failed_write(events, to_write[index], result)
                 outcomes[index] = outcome
                 uncertain = uncertain or not known
         accepted = [o for o in outcomes if o and o.status == "accepted"]
         if uncertain:  # a write may have landed unseen: let the aggregator look at every slot
-            _enqueue_all(queue, batch, organization_id, now, pairs)
+            _enqueue_all(queue, batch, organization_id, now, pairs, events if single else None)
         else:
-            _enqueue(events, queue, batch, organization_id, now, accepted)
+            _enqueue(events, queue, batch, organization_id, now, accepted, single)
     for index, leader in followers.items():
         lead = outcomes[leader]
         if lead is None or lead.event is None:
@@ -366,15 +382,56 @@ def _after_failed_write(events: EventStore, event: UsageEvent, error: Exception)
     return IngestOutcome("rejected", error=MeteringError(code, "Storing the event failed; retry.")), known
 
 
+def _store_all(
+    events: EventStore, to_write: dict[int, UsageEvent], now: datetime, matchers: dict[int, Matcher]
+) -> list[tuple[int, IngestOutcome | Exception]]:
+    """Store each event (in parallel when there are several); each index with its outcome or its error."""
+    if len(to_write) == 1:  # the single-event path: no hop to a thread
+        [(index, event)] = to_write.items()
+        try:
+            return [(index, _store(events, event, now, matchers[index]))]
+        except Exception as exc:
+            return [(index, exc)]
+    futures = {i: _executor().submit(_store, events, e, now, matchers[i]) for i, e in to_write.items()}
+    results: list[tuple[int, IngestOutcome | Exception]] = []
+    for index, future in futures.items():
+        try:
+            results.append((index, future.result()))
+        except Exception as exc:
+            results.append((index, exc))
+    return results
+
+
+def _send_or_leave_pending(
+    queue: MessageQueue, message: BatchMessage, pending_on_failure: EventStore | None, now: datetime
+) -> None:
+    """Send a batch's message. A failed send leaves the batch for the sweeper: its pending record exists
+    already, or (single-event path, `pending_on_failure`) is written now, listing what the message lists."""
+    try:
+        queue.send(message.model_dump_json())
+        return
+    except Exception:
+        log.warning("enqueue of batch %s failed; left pending for the sweeper", message.batch, exc_info=True)
+    if pending_on_failure is None:
+        return
+    record = PendingBatch(message.batch, message.org, now, tuple((s, i) for s, i in message.events))
+    try:
+        pending_on_failure.put_pending(record)
+    except Exception:  # neither sent nor pending: the reconciliation work items roll it up (sweep.roll_up_unsent)
+        log.error("batch %s is neither enqueued nor pending; left to reconciliation", message.batch, exc_info=True)
+
+
 def _enqueue_all(
-    queue: MessageQueue, batch: str, organization_id: str, now: datetime, pairs: tuple[tuple[str, str], ...]
+    queue: MessageQueue,
+    batch: str,
+    organization_id: str,
+    now: datetime,
+    pairs: tuple[tuple[str, str], ...],
+    pending_on_failure: EventStore | None = None,
 ) -> None:
     """Send every event the batch meant to store; the aggregator skips those never stored."""
     message = BatchMessage(batch=batch, org=organization_id, created=instant(now), origin="sweep", events=list(pairs))
-    try:
-        queue.send(message.model_dump_json())
-    except Exception:
-        log.warning("enqueue of batch %s failed; left pending for the sweeper", batch, exc_info=True)
+    _send_or_leave_pending(queue, message, pending_on_failure, now)
 
 
 def _enqueue(
@@ -384,13 +441,16 @@ def _enqueue(
     organization_id: str,
     now: datetime,
     accepted: list[IngestOutcome],
+    single: bool = False,
 ) -> None:
     written = [(slot_for(o.event.idempotency_key, o.event.id), o.event.id) for o in accepted if o.event]
     if not written:
-        events.delete_pending(batch)  # nothing of this batch was stored: nothing to roll up
+        if not single:
+            events.delete_pending(batch)  # nothing of this batch was stored: nothing to roll up
         return
-    message = BatchMessage(batch=batch, org=organization_id, created=instant(now), origin="ingest", events=written)
-    try:
-        queue.send(message.model_dump_json())
-    except Exception:  # the pending record stays; the sweeper re-enqueues it
-        log.warning("enqueue of batch %s failed; left pending for the sweeper", batch, exc_info=True)
+    # The aggregator takes a one-event "ingest" message for a single event's, with no pending record to
+    # delete (services/aggregate.py); a one-event message of a batch behind a pending record goes as "sweep"
+    # (its events may be listed as missing-skippable, and its pending record is deleted once applied).
+    origin: Literal["ingest", "sweep"] = "sweep" if not single and len(written) == 1 else "ingest"
+    message = BatchMessage(batch=batch, org=organization_id, created=instant(now), origin=origin, events=written)
+    _send_or_leave_pending(queue, message, events if single else None, now)
