@@ -136,7 +136,11 @@ def floor(phase: PhaseCost, events_per_message: int) -> Floor:
         (
             ("event put", event_units),
             ("listing (by_line) entry", event_units),
-            (f"claim: a transactional marker per message of {events_per_message}", 2 / events_per_message),
+            (
+                f"exactly-once claim: a transactional marker per message of {events_per_message} "
+                f"event{'' if events_per_message == 1 else 's'}",
+                2 / events_per_message,
+            ),
             (f"rollup updates as coalesced in this run ({SQS_BATCH} messages an invocation)", rollups),
         )
     )
