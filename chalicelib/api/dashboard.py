@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from chalice.app import Blueprint, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from chalicelib.api.http import (
     ANY_CONTENT_TYPE,
@@ -36,7 +36,7 @@ from chalicelib.api.http import (
     render,
     request_id_of,
 )
-from chalicelib.api.schemas import ScopeQuery, SummaryPeriod
+from chalicelib.api.schemas import Schema, ScopeQuery, SummaryPeriod
 from chalicelib.domain.auth import METER_REPORT, METERING_WRITE, SERVICE_LINES_WRITE, USAGE_READ, WORKSPACES_WRITE
 from chalicelib.errors import ErrorCode, MeteringError, validation_error
 from chalicelib.services import entitlements, queries
@@ -142,7 +142,7 @@ class TimeseriesQuery(ScopeQuery):
     )
 
 
-class SeriesPublic(BaseModel):
+class SeriesPublic(Schema):
     service_line_id: str
     meter: str
     unit: str
@@ -150,14 +150,14 @@ class SeriesPublic(BaseModel):
     values: list[Decimal] = Field(description="One value per bucket, in the order of `buckets` (0: no usage).")
 
 
-class Timeseries(BaseModel):
+class Timeseries(Schema):
     period: SummaryPeriod
     granularity: str
     buckets: list[str] = Field(description="Days (YYYY-MM-DD) or UTC hours (YYYY-MM-DDTHH:00:00Z).")
     series: list[SeriesPublic]
 
 
-class TimeseriesPublic(BaseModel):
+class TimeseriesPublic(Schema):
     data: Timeseries
 
 
@@ -180,19 +180,21 @@ def usage_timeseries(call: Call) -> Reply:
         call.container.catalog, call.organization_id, None, query.workspace_id, query.service_line_id
     )
     line_ids = [line.id for line in lines]
+    meters = {m.id: m for m in call.container.catalog.list_meters()}  # each meter's aggregation
     if query.granularity == "day":
         days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
         keys = [d.isoformat() for d in days]
         buckets = keys
-        totals = queries.daily_totals(call.container.rollups, call.organization_id, line_ids, start, end)
+        totals = queries.daily_totals(call.container.rollups, call.organization_id, line_ids, start, end, meters.get)
     else:
         first = datetime.combine(start, datetime.min.time(), UTC)
         hours = [first + timedelta(hours=n) for n in range(24 * ((end - start).days + 1))]
         keys = [h.strftime("%Y-%m-%dT%H") for h in hours]
         buckets = [h.strftime("%Y-%m-%dT%H:00:00Z") for h in hours]
         after = (end + timedelta(days=1)).isoformat() + "T00"
-        totals = queries.hourly_totals(call.container.rollups, call.organization_id, line_ids, keys[0], after)
-    meters = {m.id: m for m in call.container.catalog.list_meters()}
+        totals = queries.hourly_totals(
+            call.container.rollups, call.organization_id, line_ids, keys[0], after, meters.get
+        )
     series = []
     for line_id, meter_id in sorted({(line, meter) for line, meter, _ in totals}):
         meter = meters.get(meter_id)
@@ -201,7 +203,7 @@ def usage_timeseries(call: Call) -> Reply:
                 "service_line_id": line_id,
                 "meter": meter_id,
                 "unit": meter.unit if meter else "",
-                "aggregation": str(getattr(meter, "aggregation", None) or "sum"),
+                "aggregation": meter.aggregation if meter else "sum",
                 "values": [totals.get((line_id, meter_id, k), Decimal(0)) for k in keys],
             }
         )
@@ -212,25 +214,25 @@ def usage_timeseries(call: Call) -> Reply:
 # -- the plan's limits against what is used ---------------------------------------------------------
 
 
-class Allowance(BaseModel):
+class Allowance(Schema):
     used: Decimal
     limit: int | str | None = Field(description="null: unlimited; 'custom': set by contract, not capped here.")
 
 
-class KeyPublic(BaseModel):
+class KeyPublic(Schema):
     id: str
     scopes: list[str]
     read_only: bool = Field(description="True when the key can change nothing (no write scope).")
 
 
-class PlanBrief(BaseModel):
+class PlanBrief(Schema):
     id: str
     name: str
     tier: str
     currency: str
 
 
-class Limits(BaseModel):
+class Limits(Schema):
     organization_id: str
     month: str = Field(description="The calendar month (UTC) the monthly counts are for, YYYY-MM.")
     resets_at: str
@@ -244,7 +246,7 @@ class Limits(BaseModel):
     agent_credits: Allowance | None = Field(description="null when the plan has no agent credits.")
 
 
-class LimitsPublic(BaseModel):
+class LimitsPublic(Schema):
     data: Limits
 
 

@@ -25,6 +25,7 @@ from chalice.app import Blueprint
 from pydantic import BaseModel, Field
 
 from chalicelib.api.http import NO_BODY, Call, Reply, endpoint
+from chalicelib.api.schemas import Schema
 from chalicelib.dialects import ingest_mapping
 from chalicelib.domain.auth import METERING_WRITE
 from chalicelib.domain.ingest_mapping import ForeignEvent, check_name, event_key
@@ -40,7 +41,7 @@ _CONTEXT = ("specversion", "id", "source", "type", "subject", "time", "data", "d
 _EXTENSION = re.compile(r"^[a-z0-9]{1,20}$")
 
 
-class ProblemPublic(BaseModel):
+class ProblemPublic(Schema):
     """An error as OpenMeter gives it: a problem details object (RFC 7807)."""
 
     type: str
@@ -74,7 +75,7 @@ class ProblemDialect:
 OPENMETER = ProblemDialect()
 
 
-class CloudEventPublic(BaseModel):
+class CloudEventPublic(Schema):
     """One CloudEvent (JSON format, spec 1.0) as `POST /api/v1/events` takes it."""
 
     specversion: str = Field(description='"1.0"')

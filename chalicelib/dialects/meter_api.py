@@ -19,10 +19,11 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from chalice.app import Blueprint
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from chalicelib import observability
 from chalicelib.api.http import Call, Reply, endpoint, parse_model
+from chalicelib.api.schemas import Schema
 from chalicelib.domain import usage
 from chalicelib.domain.auth import METER_REPORT
 from chalicelib.domain.models import METERED_USAGE_FEATURE, PRODUCT_LINE_NAMES, Meter, ServiceLine
@@ -42,7 +43,7 @@ _CODES = {
 }
 
 
-class MeterApiErrorPublic(BaseModel):
+class MeterApiErrorPublic(Schema):
     """An error as document 002 gives it."""
 
     code: str
@@ -68,7 +69,7 @@ class MeterApiDialect:
 METER_API = MeterApiDialect()
 
 
-class ReportUsageBody(BaseModel):
+class ReportUsageBody(Schema):
     """The body of `POST /v1/meter-usage`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,23 +88,23 @@ class ReportUsageBody(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class MeterNameQuery(BaseModel):
+class MeterNameQuery(Schema):
     meterName: str | None = None
 
 
-class PricePublic(BaseModel):
+class PricePublic(Schema):
     meterId: str
     unitAmount: Decimal
     currency: str
 
 
-class ProductPublic(BaseModel):
+class ProductPublic(Schema):
     productId: str
     productName: str
     price: PricePublic
 
 
-class SubscriptionPublic(BaseModel):
+class SubscriptionPublic(Schema):
     subscriptionId: str
     customerId: str
     name: str
@@ -112,7 +113,7 @@ class SubscriptionPublic(BaseModel):
     products: list[ProductPublic]
 
 
-class MeterSubscriptionsPublic(BaseModel):
+class MeterSubscriptionsPublic(Schema):
     """The subscriptions (with their products) that can report usage to a meter."""
 
     meterId: str
@@ -121,12 +122,12 @@ class MeterSubscriptionsPublic(BaseModel):
     subscriptions: list[SubscriptionPublic]
 
 
-class ReportQueuedPublic(BaseModel):
+class ReportQueuedPublic(Schema):
     status: Literal["queued"]
     requestId: str
 
 
-class ReportDuplicatePublic(BaseModel):
+class ReportDuplicatePublic(Schema):
     status: Literal["duplicate"]
     idempotencyKey: str
     requestId: str = Field(description="The requestId the first report of this key answered with.")

@@ -70,6 +70,7 @@ from chalice.app import Blueprint
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from chalicelib.api.http import Call, Reply, endpoint, parse_model
+from chalicelib.api.schemas import Schema
 from chalicelib.domain import cursors
 from chalicelib.domain.aggregation import EMPTY, NO_GROUP, OTHER_GROUP, RollupState, fold
 from chalicelib.domain.auth import USAGE_READ
@@ -98,7 +99,7 @@ WindowSize = Literal["hour", "day", "none", "HOUR", "DAY", "NONE", "Hour", "Day"
 Text = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
-class MetronomeErrorPublic(BaseModel):
+class MetronomeErrorPublic(Schema):
     """An error as Metronome gives it."""
 
     message: str
@@ -156,7 +157,7 @@ def is_metronome_path(path: str) -> bool:
     return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in METRONOME_PATH_PREFIXES)
 
 
-class GroupByQuery(BaseModel):
+class GroupByQuery(Schema):
     """`billable_metrics[].group_by`: a metadata key of the meter, optionally narrowed to some values."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -165,7 +166,7 @@ class GroupByQuery(BaseModel):
     values: list[Text] | None = Field(default=None, min_length=1, max_length=MAX_GROUP_VALUES)
 
 
-class BillableMetricQuery(BaseModel):
+class BillableMetricQuery(Schema):
     """`billable_metrics[]`: a billable metric (meter UUID) and an optional group_by."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -174,7 +175,7 @@ class BillableMetricQuery(BaseModel):
     group_by: GroupByQuery | None = None
 
 
-class UsageBody(BaseModel):
+class UsageBody(Schema):
     """The body of `POST /v1/usage`."""
 
     model_config = ConfigDict(
@@ -207,7 +208,7 @@ class UsageBody(BaseModel):
     billable_metrics: list[BillableMetricQuery] | None = Field(default=None, min_length=1, max_length=MAX_METRICS)
 
 
-class NextPageQuery(BaseModel):
+class NextPageQuery(Schema):
     """The query string of `POST /v1/usage`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -217,7 +218,7 @@ class NextPageQuery(BaseModel):
     )
 
 
-class UsageRowPublic(BaseModel):
+class UsageRowPublic(Schema):
     """One row: a customer's usage of a billable metric in one window."""
 
     customer_id: str = Field(description="The organization's UUID.", json_schema_extra={"format": "uuid"})
@@ -231,7 +232,7 @@ class UsageRowPublic(BaseModel):
     )
 
 
-class UsagePagePublic(BaseModel):
+class UsagePagePublic(Schema):
     """A page of rows; `next_page` is null on the last page."""
 
     data: list[UsageRowPublic]

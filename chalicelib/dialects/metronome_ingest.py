@@ -20,9 +20,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from chalice.app import Blueprint
-from pydantic import BaseModel, Field, RootModel
+from pydantic import Field, RootModel
 
 from chalicelib.api.http import NO_BODY, Call, Reply, endpoint
+from chalicelib.api.schemas import Schema
 from chalicelib.dialects import ingest_mapping
 from chalicelib.dialects.metronome import METRONOME
 from chalicelib.domain.auth import METERING_WRITE
@@ -37,7 +38,7 @@ MAX_TRANSACTION_ID = 128
 _FIELDS = ("transaction_id", "customer_id", "event_type", "timestamp", "properties")
 
 
-class MetronomeUsageEvent(BaseModel):
+class MetronomeUsageEvent(Schema):
     """One event of `POST /v1/ingest` (the body is an array of 1-100 of them)."""
 
     transaction_id: str = Field(

@@ -36,6 +36,7 @@ from chalice.app import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.api.http import Call, Reply, endpoint
+from chalicelib.api.schemas import Schema
 from chalicelib.domain import aggregation
 from chalicelib.domain.aggregation import EMPTY, RollupState, fold
 from chalicelib.domain.auth import ACCOUNTS_BILLING
@@ -110,7 +111,7 @@ def bad_request(jsonapi_code: str, detail: str, parameter: str | None = None) ->
     return ScalrError(ErrorCode.VALIDATION_ERROR, jsonapi_code, detail, parameter=parameter)
 
 
-class JsonApiErrorSource(BaseModel):
+class JsonApiErrorSource(Schema):
     """Which query parameter or request header an error concerns."""
 
     model_config = ConfigDict(extra="forbid")
@@ -119,7 +120,7 @@ class JsonApiErrorSource(BaseModel):
     header: str | None = None
 
 
-class JsonApiError(BaseModel):
+class JsonApiError(Schema):
     """One JSON:API error object."""
 
     model_config = ConfigDict(extra="forbid")
@@ -131,7 +132,7 @@ class JsonApiError(BaseModel):
     source: JsonApiErrorSource | None = None
 
 
-class JsonApiErrorDocument(BaseModel):
+class JsonApiErrorDocument(Schema):
     """A JSON:API error document: {"errors": [{"status", "code", "title", "detail", "source"?}]}."""
 
     model_config = ConfigDict(extra="forbid")
@@ -477,7 +478,7 @@ def _repeated_parameters() -> frozenset[str]:
     return frozenset(name for name in params if len(params.getlist(name)) > 1)
 
 
-class UsageStatisticsParams(BaseModel):
+class UsageStatisticsParams(Schema):
     """The query parameters of `GET /usage-statistics`, as the OpenAPI document shows them."""
 
     filter_date: str = Field(

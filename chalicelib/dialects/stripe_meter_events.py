@@ -26,6 +26,7 @@ from chalice.app import Blueprint
 from pydantic import BaseModel, Field
 
 from chalicelib.api.http import Call, Reply, endpoint
+from chalicelib.api.schemas import Schema
 from chalicelib.dialects import ingest_mapping
 from chalicelib.domain.auth import METERING_WRITE
 from chalicelib.domain.ingest_mapping import ForeignEvent, check_name, event_key, unix_timestamp
@@ -44,14 +45,14 @@ _TYPES = {
 }
 
 
-class StripeErrorDetail(BaseModel):
+class StripeErrorDetail(Schema):
     type: str
     code: str | None = None
     message: str
     param: str | None = None
 
 
-class StripeErrorPublic(BaseModel):
+class StripeErrorPublic(Schema):
     """An error as Stripe gives it."""
 
     error: StripeErrorDetail
@@ -76,7 +77,7 @@ class StripeDialect:
 STRIPE = StripeDialect()
 
 
-class MeterEventForm(BaseModel):
+class MeterEventForm(Schema):
     """The form of `POST /v1/billing/meter_events` (application/x-www-form-urlencoded)."""
 
     event_name: str = Field(max_length=100, description="The meter id, such as agent.runs (or a mapped name).")
@@ -87,7 +88,7 @@ class MeterEventForm(BaseModel):
     timestamp: int | None = Field(default=None, description="Unix seconds; defaults to now.")
 
 
-class MeterEventPublic(BaseModel):
+class MeterEventPublic(Schema):
     """Stripe's billing.meter_event object."""
 
     object: str
