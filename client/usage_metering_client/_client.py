@@ -377,9 +377,10 @@ class Client:
         if self._exit_handler:
             atexit.unregister(self._at_exit)
             self._exit_handler = False
-        if not done:
-            log.warning("usage_metering_client closed with %d events not acknowledged", len(self.unsent()))
-        return done
+        left = len(self.unsent())
+        if left:
+            log.warning("usage_metering_client closed with %d events not acknowledged", left)
+        return done or not left
 
     def unsent(self) -> list[dict[str, Any]]:
         """Events recorded and neither acknowledged nor failed (for example after `close()` timed out)."""

@@ -271,7 +271,7 @@ def test_the_stack_stopped_mid_send_and_restarted_gets_every_event_once(tmp_path
         restarted_at = time.time()
         assert second.base_url == base_url
         late.join(timeout=120)
-        assert recorder.flush(timeout=180), "the client did not deliver everything after the restart"
+        assert recorder.flush(timeout=600), "the client did not deliver everything after the restart"
         assert recorder.failed == []
         events = stored(base_url, tag)
         counts = by_number(events)
