@@ -180,19 +180,21 @@ def usage_timeseries(call: Call) -> Reply:
         call.container.catalog, call.organization_id, None, query.workspace_id, query.service_line_id
     )
     line_ids = [line.id for line in lines]
+    meters = {m.id: m for m in call.container.catalog.list_meters()}  # each meter's aggregation
     if query.granularity == "day":
         days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
         keys = [d.isoformat() for d in days]
         buckets = keys
-        totals = queries.daily_totals(call.container.rollups, call.organization_id, line_ids, start, end)
+        totals = queries.daily_totals(call.container.rollups, call.organization_id, line_ids, start, end, meters.get)
     else:
         first = datetime.combine(start, datetime.min.time(), UTC)
         hours = [first + timedelta(hours=n) for n in range(24 * ((end - start).days + 1))]
         keys = [h.strftime("%Y-%m-%dT%H") for h in hours]
         buckets = [h.strftime("%Y-%m-%dT%H:00:00Z") for h in hours]
         after = (end + timedelta(days=1)).isoformat() + "T00"
-        totals = queries.hourly_totals(call.container.rollups, call.organization_id, line_ids, keys[0], after)
-    meters = {m.id: m for m in call.container.catalog.list_meters()}
+        totals = queries.hourly_totals(
+            call.container.rollups, call.organization_id, line_ids, keys[0], after, meters.get
+        )
     series = []
     for line_id, meter_id in sorted({(line, meter) for line, meter, _ in totals}):
         meter = meters.get(meter_id)
@@ -201,7 +203,7 @@ def usage_timeseries(call: Call) -> Reply:
                 "service_line_id": line_id,
                 "meter": meter_id,
                 "unit": meter.unit if meter else "",
-                "aggregation": str(getattr(meter, "aggregation", None) or "sum"),
+                "aggregation": meter.aggregation if meter else "sum",
                 "values": [totals.get((line_id, meter_id, k), Decimal(0)) for k in keys],
             }
         )

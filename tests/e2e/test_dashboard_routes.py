@@ -208,6 +208,30 @@ def test_daily_series_add_up_to_the_summary(client: Any, container: Container, c
             assert sum(series[(line["service_line_id"], meter["meter"])]["values"]) == meter["quantity"]
 
 
+def test_series_of_a_max_meter_give_each_days_maximum(client: Any, container: Container, clock: Clock) -> None:
+    line = {"workspace_id": "WS-26-000101", "name": "Peaks", "product_line": "agent_gateway"}
+    created = client.http.post(
+        "/v1/service-lines", headers=auth(), body=json.dumps({**line, "rates": {"agent.peak_concurrency": 0}})
+    )
+    assert created.status_code == 201, body(created)
+    line_id = body(created)["data"]["id"]
+    today, yesterday = T0.date().isoformat(), (T0.date() - timedelta(days=1)).isoformat()
+    peaks = [(today, 4), (today, 9), (today, 2), (yesterday, 5)]
+    ingest(
+        client,
+        [
+            {"service_line_id": line_id, "meter": "agent.peak_concurrency", "quantity": q, "period_date": d}
+            for d, q in peaks
+        ],
+    )
+    run_aggregator(client, container)
+    period = {"from": yesterday, "to": today, "service_line_id": line_id}
+    (series,) = body(get(client, "/v1/usage/timeseries", period))["data"]["series"]
+    assert series["aggregation"] == "max" and series["values"] == [5, 9]
+    (summary,) = body(get(client, "/v1/usage/summary", period))["data"]["by_service_line"]
+    assert summary["meters"][0]["quantity"] == 9  # the period's maximum, not the sum of the days'
+
+
 def test_hourly_series_cover_each_utc_hour(client: Any, container: Container, clock: Clock) -> None:
     ingest(client, [{"service_line_id": AGENT, "meter": "agent.runs", "quantity": 2}])
     run_aggregator(client, container)
