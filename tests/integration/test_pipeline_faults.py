@@ -22,11 +22,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib.container import Container
+from chalicelib.domain.aggregation import NO_GROUP
 from chalicelib.domain.ids import batch_id as new_batch_id
 from chalicelib.domain.ids import usage_event_id
 from chalicelib.domain.models import UsageEvent, instant
 from chalicelib.domain.pipeline import BatchMessage, ReconcileMessage
-from chalicelib.domain.usage import WHOLE_METERS, UsageDraft
+from chalicelib.domain.usage import WHOLE_METERS, Rollup, UsageDraft
 from chalicelib.local.runtime import make_context, scheduled_event, sqs_event
 from chalicelib.services import reconcile, sweep
 from chalicelib.services.ingest import IngestOutcome, ingest
@@ -381,13 +382,20 @@ def stored_rollups(container: Container) -> dict[Key, tuple[Decimal, int, int]]:
             k = (r.key.service_line_id, r.key.meter, r.key.grain, r.key.period_date, r.key.hour)
             assert k not in rows, f"rollup {k} stored twice"
             rows[k] = (r.quantity, r.event_count, r.version)
+        grouped = [r for r in stored_group_rollups(container) if r.key.service_line_id == line]
+        # a day's register exists once a value of the key was seen (events without it need none)
+        registers = {
+            (r.key.meter, r.key.group_key, r.key.period_date) for r in grouped if r.key.group_value != NO_GROUP
+        }
         items_of_line = clients.dynamodb().query(
             TableName=container.settings.rollups_table,
             KeyConditionExpression="pk = :pk",
             ExpressionAttributeValues={":pk": {"S": rollup_pk(org, line)}},
             Select="COUNT",
         )["Count"]
-        assert items_of_line == len(day) + len(hour), f"rollup items of {line} that are neither day nor hour"
+        assert items_of_line == len(day) + len(hour) + len(grouped) + len(registers), (
+            f"rollup items of {line} that are neither day nor hour rollups, group rollups nor group registers"
+        )
     return rows
 
 
@@ -431,6 +439,19 @@ def assert_exact(container: Container, ledger: Ledger, settled: bool = True) -> 
     if settled:
         assert [b.batch_id for b in container.events.pending_before("C")] == [], "a batch is still pending"
     return events
+
+
+def stored_group_rollups(container: Container) -> list[Rollup]:
+    """Every group rollup (day and hour, per value of each meter's group_by keys) of the test lines."""
+    found: list[Rollup] = []
+    for line, org in LINE_ORG.items():
+        for meter in container.catalog.list_meters():
+            for group_key in meter.group_by:
+                found += container.rollups.group_day_rollups(org, line, meter.id, group_key, FAR_PAST, FAR_FUTURE)
+                found += container.rollups.group_hour_rollups(
+                    org, line, meter.id, group_key, "2000-01-01T00", "2100-01-01T00"
+                )
+    return found
 
 
 def snapshot(container: Container) -> dict[Key, tuple[Decimal, int, int]]:
@@ -1079,11 +1100,14 @@ def test_reconcile_leaves_correct_rollups_alone(container: Container, pipe: Pipe
     pipe.ingest_accepted(mixed_drafts(30, "ok2"), now=NOW + timedelta(seconds=1))
     pipe.drain()
     before = snapshot(container)
+    groups_before = stored_group_rollups(container)
     report = reconcile_now(container, NOW + timedelta(minutes=1))
     assert report.repaired == []
-    assert report.checked == len(before)  # every rollup of the 3 recent days was looked at
+    # every rollup of the 3 recent days was looked at, the rollups per group value too
+    assert report.checked == len(before) + len(groups_before)
     assert report.skipped_recent == 0 and report.changed_during_check == 0
     assert snapshot(container) == before
+    assert stored_group_rollups(container) == groups_before
     assert_exact(container, pipe.ledger)
 
 
