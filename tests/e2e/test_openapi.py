@@ -77,9 +77,17 @@ def test_native_routes_document_their_models_and_error_envelope() -> None:
     assert error == {"$ref": "#/components/schemas/ErrorPublic"}
     usage = document["paths"]["/v1/usage"]["get"]
     params = {p["name"]: p for p in usage["parameters"]}
-    assert {"organization_id", "workspace_id", "service_line_id", "meter", "from", "to", "cursor", "limit"} == set(
-        params
-    )
+    assert {
+        "organization_id",
+        "workspace_id",
+        "service_line_id",
+        "meter",
+        "from",
+        "to",
+        "cursor",
+        "limit",
+        "hide_voided",
+    } == set(params)
     assert params["limit"]["schema"]["maximum"] == 100 and params["limit"]["schema"]["minimum"] == 1
     report = document["paths"]["/v1/meter-usage"]["post"]
     assert report["responses"]["400"]["content"]["application/json"]["schema"] == {

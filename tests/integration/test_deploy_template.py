@@ -29,6 +29,7 @@ from chalicelib.storage.schema import QUEUES, TABLES, resource_name
 from tests.conftest import auth
 from tests.e2e.flows import FailingQueue, drain
 from tools.deploy_template import (
+    CORRECTION_MARKS,
     DEFAULT_THROTTLING,
     FUNCTIONS,
     PENDING_PREFIX,
@@ -131,6 +132,7 @@ def test_schedules_are_packaged(template: dict[str, Any]) -> None:
 FUNCTION_ROLES = {name: role_id(name) for name in FUNCTIONS}
 ACCOUNT_ARN = "arn:aws:{service}:us-east-1:123456789012:{resource}"
 PENDING_KEYS = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [PENDING_PREFIX + "*"]}}
+MARK_ATTRIBUTES = {"ForAllValues:StringEquals": {"dynamodb:Attributes": list(CORRECTION_MARKS)}}
 
 
 def render(pattern: dict[str, str] | str) -> str:
@@ -176,7 +178,7 @@ def test_policy_names_every_resource_and_no_wildcard_resource(template: dict[str
             assert "*" not in resource or resource == own_log_group + ":log-stream:*"
             if resource.startswith("arn:aws:logs:"):
                 assert resource.startswith(own_log_group)
-        assert statement.get("Condition", PENDING_KEYS) == PENDING_KEYS
+        assert statement.get("Condition", PENDING_KEYS) in (PENDING_KEYS, MARK_ATTRIBUTES)
 
 
 def leading_keys_match(patterns: list[str], keys: tuple[str, ...] | None) -> bool:
@@ -193,7 +195,11 @@ def allowed(statements: list[dict[str, Any]], call: Call) -> bool:
     for statement in statements:
         if f"{call.service}:{call.action}" not in statement["Action"]:
             continue
-        if "Condition" in statement:
+        if statement.get("Condition") == MARK_ATTRIBUTES:
+            # IAM's ForAllValues:StringEquals on dynamodb:Attributes; a call whose attributes are unknown never matches
+            if call.attributes is None or not set(call.attributes) <= set(CORRECTION_MARKS):
+                continue
+        elif "Condition" in statement:
             assert statement["Condition"] == PENDING_KEYS, "a condition this test cannot evaluate"
             if not leading_keys_match(
                 statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"], call.keys
@@ -211,6 +217,24 @@ class Call(NamedTuple):
     action: str  # the IAM action, without the service prefix
     resource: str
     keys: tuple[str, ...] | None  # partition keys of the items touched; None when not known (queries, scans)
+    attributes: tuple[str, ...] | None = None  # attributes an update names (keys included); None when not known
+
+
+def named_attributes(update: dict[str, Any]) -> tuple[str, ...]:
+    """Every top-level attribute an update names: its keys, and those of its update and condition expressions."""
+    names = update.get("ExpressionAttributeNames", {})
+    found = set(update["Key"])
+    for expression in (update.get("UpdateExpression", ""), update.get("ConditionExpression", "")):
+        for token in re.findall(r"[#:]?[A-Za-z_][A-Za-z0-9_]*", expression):
+            if token.startswith(":"):  # a value
+                continue
+            if token.startswith("#"):
+                found.add(names[token])
+            elif token.upper() not in {"SET", "ADD", "REMOVE", "DELETE", "AND", "OR", "NOT"} and not re.fullmatch(
+                r"attribute_(not_)?exists|size|begins_with|contains|attribute_type|if_not_exists|list_append", token
+            ):
+                found.add(token)
+    return tuple(sorted(found))
 
 
 def partition_keys(entries: list[dict[str, Any]]) -> tuple[str, ...] | None:
@@ -240,9 +264,18 @@ class Recorder:
             clients.reset_clients()
         self.enabled = on
 
-    def add(self, service: str, action: str, resource: str, keys: tuple[str, ...] | None = None) -> None:
+    def add(
+        self,
+        service: str,
+        action: str,
+        resource: str,
+        keys: tuple[str, ...] | None = None,
+        attributes: tuple[str, ...] | None = None,
+    ) -> None:
         self.calls.append(
-            Call(self.function, service, action, ACCOUNT_ARN.format(service=service, resource=resource), keys)
+            Call(
+                self.function, service, action, ACCOUNT_ARN.format(service=service, resource=resource), keys, attributes
+            )
         )
 
     def __call__(self, model: Any, params: dict[str, Any], **_: Any) -> None:
@@ -265,6 +298,7 @@ class Recorder:
                         kinds[kind],
                         f"table/{body['TableName']}",
                         partition_keys([body.get("Item") or body["Key"]]),
+                        named_attributes(body) if kind == "Update" else None,
                     )
             elif name == "BatchWriteItem":
                 for table, requests in params["RequestItems"].items():
@@ -412,6 +446,10 @@ def test_no_function_can_change_or_delete_a_stored_event(template: dict[str, Any
         for action in ("DeleteItem", "UpdateItem", "BatchWriteItem"):
             for key in event_keys:
                 assert not allowed(statements, Call(function, "dynamodb", action, events, (key,)))
+                # a correction's mark is the only update of an event: never with its quantity (or anything else)
+                for attribute in ("quantity", "meter", "period_date", "service_line_id", "metadata", "kind"):
+                    naming = ("pk", "sk", "voided_by", attribute)
+                    assert not allowed(statements, Call(function, "dynamodb", action, events, (key,), naming))
             # one event among pending records is refused as a whole
             mixed = (*sorted(pending_keys), *sorted(event_keys))
             assert not allowed(statements, Call(function, "dynamodb", action, events, mixed))
