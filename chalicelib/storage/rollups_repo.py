@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -152,6 +152,9 @@ class DynamoRollupStore:
         self._client = client
         self.max_attempts = 6
         self.max_group_values = MAX_GROUP_VALUES
+        # What this process knows of the group registers: admitted values and whether the register is
+        # full. Both only ever grow, so what is known stays true (a register write costs its item's size).
+        self._registers: dict[GroupSlot, tuple[set[str], bool]] = {}
 
     @property
     def client(self) -> DynamoDBClient:
@@ -405,7 +408,22 @@ class DynamoRollupStore:
 
     @translated
     def _admit(self, slot: GroupSlot, values: Set[str]) -> frozenset[str]:
-        wanted = sorted(v for v in values if not v.startswith(RESERVED_PREFIX))
+        asked = sorted(v for v in values if not v.startswith(RESERVED_PREFIX))
+        known, full = self._registers.get(slot, (set(), False))
+        admitted = known.intersection(asked)
+        wanted = [] if full else [v for v in asked if v not in known]
+        if wanted:
+            admitted |= self._admit_new(slot, wanted)
+        return frozenset(admitted)
+
+    def _remember(self, slot: GroupSlot, admitted: Iterable[str], full: bool) -> None:
+        if len(self._registers) > 20_000:  # a bound on the memory this costs; forgetting is always safe
+            self._registers.clear()
+        known, was_full = self._registers.get(slot, (set(), False))
+        self._registers[slot] = (known | set(admitted), full or was_full)
+
+    def _admit_new(self, slot: GroupSlot, wanted: list[str]) -> set[str]:
+        """Values not known to be admitted: added to the register while it has room."""
         register = group_register_sk(slot.period_date, slot.meter, slot.group_key)
         item_key = key(rollup_pk(slot.organization_id, slot.service_line_id), register)
         admitted: set[str] = set()
@@ -425,17 +443,20 @@ class DynamoRollupStore:
                         ":room": {"N": str(self.max_group_values - len(wanted))},
                     },
                 )
-                return frozenset(admitted | set(wanted))
+                admitted |= set(wanted)
+                self._remember(slot, admitted, False)
+                return admitted
             except ClientError as err:
                 if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
             stored = self.client.get_item(TableName=self.table_name, Key=item_key, ConsistentRead=True).get("Item")
             have = {str(v) for v in from_item(stored).get("vals", ())} if stored else set()
+            self._remember(slot, have, len(have) >= self.max_group_values)
             admitted |= have.intersection(wanted)
             rest = [v for v in wanted if v not in have]
             free = self.max_group_values - len(have)
             wanted = rest[: max(free, 0)]
-        return frozenset(admitted)
+        return admitted
 
     # -- reading ---------------------------------------------------------------
     @translated
