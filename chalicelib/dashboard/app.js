@@ -10,7 +10,8 @@ const COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#A6761D", "#666666
 const BASE = location.pathname.replace(/dashboard\/?$/, "");
 
 const $ = (id) => document.getElementById(id);
-const state = { meters: {}, lines: {}, cursors: [null], shown: [], charts: [], period: null };
+// `asked` numbers requests per section, so an answer that arrives after a newer request is dropped.
+const state = { meters: {}, lines: {}, cursors: [null], shown: [], charts: [], period: null, asked: { period: 0, events: 0 } };
 
 class ApiError extends Error {
   constructor(status, body, headers) {
@@ -175,11 +176,13 @@ async function loadPeriod() {
   $("ev-to").value = to;
   say(`Loading ${from} to ${to}…`);
   ["summary", "charts"].forEach((s) => busy(s, true));
+  const ticket = ++state.asked.period;
   try {
     const granularity = daysBetween(from, to) <= HOURLY_UP_TO_DAYS ? "hour" : "day";
     const [summary, series] = await Promise.all([
       api("v1/usage/summary", { from, to }), api("v1/usage/timeseries", { from, to, granularity }),
     ]);
+    if (ticket !== state.asked.period) return; // a newer period was asked for meanwhile
     renderSummary(summary.data);
     renderCharts(series.data);
     await loadEvents(true);
@@ -309,12 +312,14 @@ async function loadEvents(reset) {
   if (reset) state.cursors = [null];
   const page = state.cursors.length - 1;
   busy("events", true);
+  const ticket = ++state.asked.events;
   try {
     const answer = await api("v1/usage", {
       service_line_id: $("ev-line").value, meter: $("ev-meter").value,
       from: $("ev-from").value, to: $("ev-to").value, limit: PAGE_SIZE, cursor: state.cursors[page],
       hide_voided: $("ev-hide-voided").checked ? "true" : "",
     });
+    if (ticket !== state.asked.events) return; // a newer filter or page was asked for meanwhile
     state.shown = answer.data;
     state.next = answer.meta.cursor;
     renderEvents(page);
