@@ -659,9 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _banner(stack: LocalStack) -> Iterable[str]:
     yield f"usage-metering local stack: {stack.base_url}"
+    yield f"  dashboard: {stack.base_url}/dashboard  (sign in with a demo key below)"
     if stack.aws is not None:
         url = stack.aws.url
         yield f"  aws endpoint: {url}  (region {stack._region}; e.g. aws dynamodb list-tables --endpoint-url {url})"
+        yield f"  cli: usage-metering keys list --endpoint-url {url}"
     if stack.data_dir is not None:
         every = f"{stack.snapshot_every:g}"
         yield f"  data: {stack.data_dir}  (snapshot every {every} s when changed; FRESH=1 starts empty)"
