@@ -449,14 +449,24 @@ class DynamoRollupStore:
             except ClientError as err:
                 if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise
-            stored = self.client.get_item(TableName=self.table_name, Key=item_key, ConsistentRead=True).get("Item")
-            have = {str(v) for v in from_item(stored).get("vals", ())} if stored else set()
+            have = self._register_values(item_key)
             self._remember(slot, have, len(have) >= self.max_group_values)
             admitted |= have.intersection(wanted)
             rest = [v for v in wanted if v not in have]
             free = self.max_group_values - len(have)
             wanted = rest[: max(free, 0)]
         return admitted
+
+    def _register_values(self, item_key: dict[str, Any]) -> set[str]:
+        """A register's values, read strongly consistent (BatchGetItem: the aggregator's role reads rollups
+        with it and Query only)."""
+        request: dict[str, Any] = {self.table_name: {"Keys": [item_key], "ConsistentRead": True}}
+        items: list[dict[str, Any]] = []
+        while request:
+            response = self.client.batch_get_item(RequestItems=request)
+            items.extend(response.get("Responses", {}).get(self.table_name, []))
+            request = response.get("UnprocessedKeys") or {}
+        return {str(v) for item in items for v in from_item(item).get("vals", ())}
 
     # -- reading ---------------------------------------------------------------
     @translated
