@@ -7,30 +7,44 @@ What it makes:
   of agent runs, exact decimals of every scale (7.25 hours, 48213 tokens, 12.347 seconds,
   0.000001 GB-days), retries of the same idempotency key with the same payload, late events
   (a period_date days before the event), and a paused line whose later events are refused;
+- every aggregation the catalog has, where a line bills it: a timesheet per talent and day worked
+  (count), the provisioned storage and the fewest replicas the infrastructure collector reports
+  each day (latest, min), and per agent run its latency (avg) and end user (unique_count, from a
+  bounded population per line), with each agent's peak concurrency per hour (max);
 - those events as native batch bodies (`POST /v1/metering/events/batch`), grouped per organization into
   batches of up to 100 in time order, each with the instant it is sent at.
 
 `expected(workload)` replays the stream by the service's rules (a replay of a key is a duplicate, an
-event for a paused line is refused) and gives the exact totals a summary must show. `load_history`
+event for a paused line is refused) and gives the exact value of each meter under its aggregation
+(folded by domain/aggregation.py, as the rollups are) and the cost a summary must show. `load_history`
 feeds a workload into a container in-process, each batch at its own instant, so history older than
 the 62 days the API accepts still passes.
+
+A `latest` meter's value depends on the order events arrive in: the service orders them by event time
+(for a native event, when its batch is received) and same-time events by a random id. So a batch never
+carries two different readings of one line's gauge, and a gauge keeps its reading over the last
+GAUGE_QUIET_DAYS days of a history, whatever order a client's threads deliver the last batches in.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from decimal import Context, Decimal
+from decimal import Context, Decimal, localcontext
 from typing import Any, Literal
 
 from chalicelib import catalog as catalog_data
 from chalicelib.container import Container
-from chalicelib.domain.models import Meter, Organization, Plan, ServiceLine, Workspace
+from chalicelib.domain.aggregation import EMPTY, Contribution, RollupState, aggregation_of, fold, fold_all, group_text
+from chalicelib.domain.aggregation import value as aggregated_value
+from chalicelib.domain.models import Meter, Organization, Plan, ServiceLine, Workspace, instant
+from chalicelib.domain.money import exact_sum, line_cost, round_money
 from chalicelib.domain.usage import IDEMPOTENCY_WINDOW, MAX_BATCH_EVENTS, PERIOD_DAYS_BACK, PERIOD_DAYS_FORWARD
 from chalicelib.errors import MeteringError
 from chalicelib.storage.catalog_repo import DynamoCatalogRepository
@@ -52,6 +66,7 @@ __all__ = [
     "load",
     "load_history",
     "scale_for",
+    "values_of_listed",
 ]
 
 Activity = Literal["timesheets", "agent_runs", "infrastructure", "queries", "cycles"]
@@ -83,6 +98,12 @@ DEFAULT_RATES: dict[str, Decimal] = {
     "agent.run_seconds": Decimal("0.002"),
     "intelligence.queries": Decimal("0.02"),
     "ods.cycles": Decimal("150"),
+    "talent.timesheets": Decimal("1.50"),  # per timesheet processed
+    "compute.storage_gb": Decimal("0.10"),  # per GB provisioned, as last reported
+    "compute.min_replicas": Decimal("18"),  # per replica always running (the period's fewest)
+    "agent.peak_concurrency": Decimal("2.50"),  # per concurrent run at the period's peak
+    "agent.unique_users": Decimal("0.75"),  # per distinct end user
+    "agent.latency_ms": Decimal("0"),  # reported for the dashboards, not billed
 }
 
 # Rhythm: weight of each UTC hour of a day and of each weekday (Monday = 0).
@@ -99,6 +120,10 @@ INFRA_REPORT_HOURS = 3  # an infrastructure collector reports vCPU-hours every 3
 BURST_CHANCE = 0.12  # per agent or query line and day: one hour at BURST_FACTOR
 BURST_FACTOR = 6.0
 LATE_CHANCE = 0.08  # a timesheet entry or ODS cycle reported 1-5 days after the day it counts for
+USERS_PER_AGENT = 25  # an agent line's end users: this many per agent (a bounded population per line)
+STORAGE_SIZES_GB = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)  # provisioned volume sizes
+RESIZE_CHANCE = 0.04  # per infrastructure line and day: its storage is resized one size up or down
+GAUGE_QUIET_DAYS = 10  # no resize in a history's last days: the latest reading is the same whatever the order
 RETRY_CHANCE = 0.015  # an event sent again, alone, seconds to minutes later
 REPLAY_CHANCE = 0.01  # a whole batch sent again (its answer was lost)
 RETRY_DELAY = timedelta(minutes=5)  # the latest a retry follows its event
@@ -116,11 +141,13 @@ MAX_GENERATED_ORGANIZATIONS = 2000
 
 @dataclass(frozen=True)
 class LineSpec:
-    """A service line and how busy it is: `team` talents, agents or regions; paused part way if asked."""
+    """A service line and how busy it is: `team` talents, agents or regions, `busy` times the usual rate of
+    agent runs, queries or ODS cycles; paused part way if asked."""
 
     line: ServiceLine
     team: int = 3
     pause_fraction: float | None = None  # paused this far into the history (0..1)
+    busy: float = 1.0
 
     @property
     def activity(self) -> Activity:
@@ -135,9 +162,9 @@ class OrganizationSpec:
 
 
 _DEMO_CREATED = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
-# Lines the demo organizations get on top of demo.json, so that the demo shows every active meter
-# and a paused line.
-_DEMO_EXTRA_LINES: tuple[tuple[dict[str, Any], int, float | None], ...] = (  # (line, team, pause_fraction)
+# Lines the demo organizations get on top of demo.json, so that the demo shows every active meter (of
+# every aggregation) and a paused line. (demo.json's own lines keep their rates: tests read them.)
+_DEMO_EXTRA_LINES: tuple[tuple[dict[str, Any], int, float | None, float], ...] = (  # line, team, pause, busy
     (
         {
             "id": "LIN-26-091200",
@@ -145,10 +172,34 @@ _DEMO_EXTRA_LINES: tuple[tuple[dict[str, Any], int, float | None], ...] = (  # (
             "workspace_id": "WS-26-000101",
             "name": "Staging Infrastructure",
             "product_line": "infrastructure",
-            "rates": {"compute.vcpu_hours": "0.045", "storage.gb_days": "0.0023"},
+            "rates": {
+                "compute.vcpu_hours": "0.045",
+                "storage.gb_days": "0.0023",
+                "compute.storage_gb": "0.10",
+                "compute.min_replicas": "18",
+            },
         },
         1,
         None,
+        1.0,
+    ),
+    (
+        {
+            "id": "LIN-26-091500",
+            "organization_id": "ORG-26-090500",
+            "workspace_id": "WS-26-000101",
+            "name": "Support Assistant Agents",
+            "product_line": "agent_gateway",
+            "rates": {
+                "agent.runs": "0.40",
+                "agent.peak_concurrency": "2.50",
+                "agent.unique_users": "0.75",
+                "agent.latency_ms": "0",
+            },
+        },
+        2,
+        None,
+        0.1,
     ),
     (
         {
@@ -161,6 +212,7 @@ _DEMO_EXTRA_LINES: tuple[tuple[dict[str, Any], int, float | None], ...] = (  # (
         },
         1,
         None,
+        1.0,
     ),
     (
         {
@@ -173,6 +225,7 @@ _DEMO_EXTRA_LINES: tuple[tuple[dict[str, Any], int, float | None], ...] = (  # (
         },
         1,
         None,
+        1.0,
     ),
     (
         {
@@ -181,26 +234,28 @@ _DEMO_EXTRA_LINES: tuple[tuple[dict[str, Any], int, float | None], ...] = (  # (
             "workspace_id": "WS-26-000201",
             "name": "Website Refresh (ended)",
             "product_line": "talent",
-            "rates": {"talent.hours": "55"},
+            "rates": {"talent.hours": "55", "talent.timesheets": "1.50"},
         },
         2,
         0.7,
+        1.0,
     ),
 )
 _DEMO_TEAMS = {"LIN-26-084729": 5, "LIN-26-091100": 4, "LIN-26-100201": 3}
 
 
 def demo_organizations(extra_lines: bool = True) -> tuple[OrganizationSpec, ...]:
-    """The organizations of demo.json; with `extra_lines`, plus an infrastructure, an intelligence and an
-    ODS line for the enterprise organization and a talent line of the starter one paused 70% of the way in."""
+    """The organizations of demo.json; with `extra_lines`, plus an infrastructure, an intelligence, an ODS
+    and a second (quieter) agent line for the enterprise organization and a talent line of the starter one
+    paused 70% of the way in: between them every active meter."""
     demo = catalog_data.read("demo")
     lines = [
         LineSpec(ServiceLine.model_validate(raw), team=_DEMO_TEAMS.get(raw["id"], 3)) for raw in demo["service_lines"]
     ]
     if extra_lines:
-        for raw, team, pause in _DEMO_EXTRA_LINES:
+        for raw, team, pause, busy in _DEMO_EXTRA_LINES:
             line = ServiceLine.model_validate({**raw, "created_at": _DEMO_CREATED})
-            lines.append(LineSpec(line, team=team, pause_fraction=pause))
+            lines.append(LineSpec(line, team=team, pause_fraction=pause, busy=busy))
     specs = []
     for raw in demo["organizations"]:
         org = Organization.model_validate(raw)
@@ -216,10 +271,20 @@ def demo_organizations(extra_lines: bool = True) -> tuple[OrganizationSpec, ...]
     return tuple(specs)
 
 
+@functools.cache
+def _platform_meters() -> dict[str, Meter]:
+    return {m.id: m for m in (Meter.model_validate(raw) for raw in catalog_data.read("meters"))}
+
+
+def _aggregation(meter_id: str) -> str:
+    """A meter's aggregation (a meter the catalog lacks sums, as the query service reads it)."""
+    meter = _platform_meters().get(meter_id)
+    return meter.aggregation if meter is not None else "sum"
+
+
 def _meters_by_product_line() -> dict[str, list[str]]:
     found: dict[str, list[str]] = defaultdict(list)
-    for raw in catalog_data.read("meters"):
-        meter = Meter.model_validate(raw)
+    for meter in _platform_meters().values():
         if meter.active and meter.id in DEFAULT_RATES:  # the meters the workload knows how to report
             for product_line in meter.product_lines:
                 found[product_line].append(meter.id)
@@ -415,8 +480,10 @@ class _LineStream:
     spec: LineSpec
     rng: random.Random
     scale: float
+    last_day: date = date.max  # the history's last day (no storage resize in its last GAUGE_QUIET_DAYS)
     seq: int = 0
     out: list[GeneratedEvent] = field(default_factory=list)
+    storage_size: int | None = None  # index in STORAGE_SIZES_GB of the provisioned storage, once known
 
     def emit(
         self,
@@ -474,30 +541,65 @@ class _LineStream:
                 quantity = Decimal(self.rng.choice(("1", "1", "1.0", "0.5")))
                 when = _at(day, _hour_by_rhythm(self.rng, 16, 20), self.rng)
                 self.emit(self._late(when), "talent.days", quantity, {"talent_id": talent_id}, period=day)
+                self._timesheet(day, talent_id, quantity)
                 continue
+            logged = Decimal(0)
             for _ in range(self.rng.choice((1, 1, 1, 2, 2, 3))):
                 quantity = _scaled(self.rng.randint(1, 36), 2) * 25  # quarter hours: 0.25 to 9.00
                 when = _at(day, _hour_by_rhythm(self.rng, 9, 20), self.rng)
                 self.emit(self._late(when), "talent.hours", quantity, {"talent_id": talent_id}, period=day)
+                logged += quantity
+            self._timesheet(day, talent_id, logged)
+
+    def _timesheet(self, day: date, talent_id: str, quantity: Decimal) -> None:
+        """The day's timesheet of a talent who worked, submitted in the evening (sometimes days later); its
+        quantity is what it logs (hours or days), which a count meter ignores."""
+        if not self.spec.line.permits("talent.timesheets"):
+            return
+        when = _at(day, _hour_by_rhythm(self.rng, 17, 21), self.rng)
+        self.emit(self._late(when), "talent.timesheets", quantity, {"talent_id": talent_id}, period=day)
 
     def _agent_runs(self, day: date, weekday: float) -> None:
+        line = self.spec.line
+        users = USERS_PER_AGENT * self.spec.team
         burst_hour = self.rng.randrange(24) if self.rng.random() < BURST_CHANCE else None
         for hour in range(24):
             burst = hour == burst_hour
-            mean = AGENT_RUNS_PER_HOUR * self.scale * HOUR_WEIGHT[hour] * max(weekday, 0.3)
+            mean = AGENT_RUNS_PER_HOUR * self.scale * self.spec.busy * HOUR_WEIGHT[hour] * max(weekday, 0.3)
+            runs_by_agent: dict[str, int] = defaultdict(int)
             for _ in range(_poisson(self.rng, mean * (BURST_FACTOR if burst else 1.0))):
                 when = _at(day, hour, self.rng)
                 agent = f"agt-{self.rng.randrange(self.spec.team) + 1:02d}"
                 model = self.rng.choice(("large", "small", "small"))
                 meta = {"agent_id": agent, "model": model}
                 runs = Decimal(self.rng.randint(2, 12)) if burst and self.rng.random() < 0.3 else Decimal(1)
+                runs_by_agent[agent] += int(runs)
                 self.emit(when, "agent.runs", runs, meta, burst=burst)
-                tokens = self.rng.randint(800, 95_000) * (3 if model == "large" else 1)
-                self.emit(when, "agent.tokens", Decimal(tokens), meta, burst=burst)
-                seconds = _scaled(self.rng.randint(500, 600_000), 3)
-                self.emit(when, "agent.run_seconds", seconds, {"agent_id": agent}, burst=burst)
+                if line.permits("agent.tokens"):
+                    tokens = self.rng.randint(800, 95_000) * (3 if model == "large" else 1)
+                    self.emit(when, "agent.tokens", Decimal(tokens), meta, burst=burst)
+                if line.permits("agent.run_seconds"):
+                    seconds = _scaled(self.rng.randint(500, 600_000), 3)
+                    self.emit(when, "agent.run_seconds", seconds, {"agent_id": agent}, burst=burst)
+                if line.permits("agent.latency_ms"):  # tenths of a millisecond, a long tail; large models slower
+                    typical = 1400.0 if model == "large" else 380.0
+                    tenths = max(1, int(self.rng.lognormvariate(math.log(typical * 10), 0.45)))
+                    self.emit(when, "agent.latency_ms", _scaled(tenths, 1), meta, burst=burst)
+                if line.permits("agent.unique_users"):  # a few regulars, a long tail of occasional users
+                    user = f"usr-{line.id[-6:]}-{int(users * self.rng.random() ** 2) + 1:04d}"
+                    self.emit(when, "agent.unique_users", Decimal(1), {"agent_id": agent, "user_id": user}, burst=burst)
+            if line.permits("agent.peak_concurrency"):  # each busy agent's peak, reported after the hour
+                end = datetime(day.year, day.month, day.day, hour, tzinfo=UTC) + timedelta(hours=1)
+                for agent in sorted(runs_by_agent):  # overlapping runs: each run after the first, by chance
+                    peak = 1 + sum(1 for _ in range(runs_by_agent[agent] - 1) if self.rng.random() < 0.3)
+                    when = end + timedelta(milliseconds=self.rng.randint(1_000, 120_000))
+                    meta = {"agent_id": agent}
+                    self.emit(when, "agent.peak_concurrency", Decimal(peak), meta, period=day, burst=burst)
 
     def _infrastructure(self, day: date, weekday: float) -> None:
+        storage_gb = (
+            Decimal(STORAGE_SIZES_GB[self._storage_size(day)]) if self.spec.line.permits("compute.storage_gb") else None
+        )
         for region_index in range(self.spec.team):
             region = ("eu-west-1", "us-east-1", "ap-south-1", "us-west-2", "eu-central-1")[region_index % 5]
             vcpus = 8 * (region_index + 1)
@@ -519,18 +621,37 @@ class _LineStream:
                 else _scaled(self.rng.randint(10_000, 4_000_000), 4)
             )
             self.emit(when, "storage.gb_days", quantity, {"region": region}, period=day)
+            if storage_gb is not None:  # the line's volume, provisioned alike in each region
+                later = when + timedelta(milliseconds=self.rng.randint(1_000, 30_000))
+                self.emit(later, "compute.storage_gb", storage_gb, {"region": region}, period=day)
+            if self.spec.line.permits("compute.min_replicas"):  # the day's fewest: fewer at weekends, rare dips
+                fewest = 2 + region_index % 2 - (1 if weekday < 0.5 else 0) - (1 if self.rng.random() < 0.04 else 0)
+                later = when + timedelta(milliseconds=self.rng.randint(1_000, 30_000))
+                self.emit(later, "compute.min_replicas", Decimal(max(1, fewest)), {"region": region}, period=day)
+
+    def _storage_size(self, day: date) -> int:
+        """The line's provisioned storage on a day: a volume size, resized a step now and then (never in the
+        history's last GAUGE_QUIET_DAYS days)."""
+        if self.storage_size is None:
+            self.storage_size = self.rng.randrange(2, len(STORAGE_SIZES_GB) - 2)
+        elif day < self.last_day - timedelta(days=GAUGE_QUIET_DAYS) and self.rng.random() < RESIZE_CHANCE:
+            step = 1 if self.rng.random() < 0.6 else -1  # storage mostly grows
+            self.storage_size = min(len(STORAGE_SIZES_GB) - 1, max(0, self.storage_size + step))
+        return self.storage_size
 
     def _queries(self, day: date, weekday: float) -> None:
         burst_hour = self.rng.randrange(8, 18) if self.rng.random() < BURST_CHANCE else None
         for hour in range(24):
             burst = hour == burst_hour
-            mean = QUERIES_PER_HOUR * self.scale * HOUR_WEIGHT[hour] * weekday * (BURST_FACTOR if burst else 1.0)
+            mean = QUERIES_PER_HOUR * self.scale * self.spec.busy * HOUR_WEIGHT[hour] * weekday
+            mean *= BURST_FACTOR if burst else 1.0
             for _ in range(_poisson(self.rng, mean)):
                 quantity = Decimal(self.rng.choice((1, 1, 1, 2, 3, 5, 20)))
                 self.emit(_at(day, hour, self.rng), "intelligence.queries", quantity, {}, burst=burst)
 
     def _cycles(self, day: date, weekday: float) -> None:
-        for _ in range(_poisson(self.rng, CYCLES_PER_WEEKDAY * self.scale * (weekday if weekday > 0.5 else 0.05))):
+        mean = CYCLES_PER_WEEKDAY * self.scale * self.spec.busy * (weekday if weekday > 0.5 else 0.05)
+        for _ in range(_poisson(self.rng, mean)):
             when = _at(day, _hour_by_rhythm(self.rng, 8, 18), self.rng)
             quantity = Decimal(self.rng.choice(("1", "1", "0.5", "2", "0.25")))
             self.emit(self._late(when, 0.1), "ods.cycles", quantity, {}, period=day)
@@ -565,7 +686,7 @@ def generate(
         org_events: list[GeneratedEvent] = []
         for spec in org.lines:
             rng = random.Random(f"{seed}:{spec.line.id}")
-            stream = _LineStream(spec, rng, scale)
+            stream = _LineStream(spec, rng, scale, last_day=now.date())
             day = start.date() - timedelta(days=1)  # late reports of the day before the window land inside it
             while day <= now.date():
                 stream.day(day)
@@ -588,7 +709,10 @@ def generate(
 
 
 def _batches(events: list[GeneratedEvent], rng: random.Random, flush_every: timedelta, now: datetime) -> list[Batch]:
-    """One organization's events (and retries) in batches in time order; some batches are sent twice."""
+    """One organization's events (and retries) in batches in time order; some batches are sent twice.
+
+    A batch closes early rather than carry two different readings of one line's `latest` meter: the
+    service would order them by random ids (they share the batch's receive time)."""
     sends: list[tuple[datetime, GeneratedEvent]] = []
     for event in sorted(events, key=lambda e: (e.event_time, e.idempotency_key)):
         sends.append((event.event_time, event))
@@ -602,7 +726,13 @@ def _batches(events: list[GeneratedEvent], rng: random.Random, flush_every: time
     while i < len(sends):
         first = sends[i][0]
         chunk: list[tuple[datetime, GeneratedEvent]] = []
+        readings: dict[tuple[str, str], Decimal] = {}
         while i < len(sends) and len(chunk) < MAX_BATCH_EVENTS and sends[i][0] <= first + flush_every:
+            event = sends[i][1]
+            if _aggregation(event.meter) == "latest":
+                gauge = (event.service_line_id, event.meter)
+                if readings.setdefault(gauge, event.quantity) != event.quantity:
+                    break
             chunk.append(sends[i])
             i += 1
         lag = timedelta(milliseconds=rng.randint(200, int(SEND_LAG.total_seconds() * 1000)))
@@ -641,28 +771,75 @@ _WIDE = Context(prec=80)  # sums of valid quantities never round in it
 
 
 @dataclass(frozen=True)
-class Expected:
-    """What the service must answer for a workload: exact totals of the accepted events and the counts."""
+class LineTerms:
+    """What a summary prices a line's usage with."""
 
-    totals: dict[TotalsKey, Decimal]
+    organization_id: str
+    rates: dict[str, Decimal]
+    currency: str
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the service must answer for a workload: the rollup state of the accepted events per organization,
+    line, meter and period_date (folded as the aggregator folds them), each meter's value under its
+    aggregation, the costs, and the counts."""
+
+    states: dict[TotalsKey, RollupState]
     accepted: int
     duplicate: int
     refused: int
     accepted_by_organization: dict[str, int]
+    lines: dict[str, LineTerms] = field(default_factory=dict)
+
+    @functools.cached_property
+    def totals(self) -> dict[TotalsKey, Decimal]:
+        """Each day's value of a line's meter under the meter's aggregation (for a sum meter, the exact sum)."""
+        return {key: aggregated_value(_aggregation(key[2]), state) for key, state in self.states.items()}
 
     def by_line_meter(
         self, organization_id: str, start: date | None = None, end: date | None = None
     ) -> dict[tuple[str, str], Decimal]:
-        """An organization's total per (service line, meter) over period dates start..end (inclusive)."""
-        out: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-        for (org, line, meter, day), quantity in self.totals.items():
+        """An organization's value per (service line, meter) over period dates start..end (inclusive): the
+        days' states folded, then valued (the days' values are not added: a maximum, a unique count, a mean
+        or a latest reading over days is not the sum of the days')."""
+        folded: dict[tuple[str, str], RollupState] = {}
+        for (org, line, meter, day), state in self.states.items():
             if org == organization_id and (start is None or day >= start) and (end is None or day <= end):
-                out[(line, meter)] = _WIDE.add(out[(line, meter)], quantity)
-        return dict(out)
+                folded[(line, meter)] = fold(folded.get((line, meter), EMPTY), state)
+        return {(line, meter): aggregated_value(_aggregation(meter), s) for (line, meter), s in folded.items()}
+
+    def costs(self, organization_id: str, start: date | None = None, end: date | None = None) -> dict[str, Decimal]:
+        """The cost estimate of each of an organization's lines over the period, as the summary shows it: rate x
+        value per meter, added exactly, rounded half-even to the line's currency (0 for a line without usage)."""
+        values: dict[str, dict[str, Decimal]] = defaultdict(dict)
+        for (line, meter), quantity in self.by_line_meter(organization_id, start, end).items():
+            values[line][meter] = quantity
+        return {
+            line_id: round_money(line_cost(terms.rates, values.get(line_id, {})), terms.currency)
+            for line_id, terms in self.lines.items()
+            if terms.organization_id == organization_id
+        }
+
+    def total_cost(
+        self, organization_id: str, currency: str, start: date | None = None, end: date | None = None
+    ) -> Decimal:
+        """The summary's total: the exact costs of the lines billed in `currency`, rounded once."""
+        values: dict[str, dict[str, Decimal]] = defaultdict(dict)
+        for (line, meter), quantity in self.by_line_meter(organization_id, start, end).items():
+            values[line][meter] = quantity
+        return round_money(
+            exact_sum(
+                line_cost(terms.rates, values.get(line_id, {}))
+                for line_id, terms in self.lines.items()
+                if terms.organization_id == organization_id and terms.currency == currency
+            ),
+            currency,
+        )
 
     def period(self, organization_id: str) -> tuple[date, date]:
         """The first and last period_date with accepted usage for an organization."""
-        days = [day for (org, _, _, day) in self.totals if org == organization_id]
+        days = [day for (org, _, _, day) in self.states if org == organization_id]
         return min(days), max(days)
 
 
@@ -677,29 +854,42 @@ def _payload(event: GeneratedEvent) -> tuple[Any, ...]:
     )
 
 
+def _contribution(meter_id: str, quantity: Decimal, order: str, metadata: Mapping[str, Any]) -> RollupState:
+    """One event's contribution under its meter's aggregation, by the domain's own rules (as rolling up)."""
+    meter = _platform_meters().get(meter_id)
+    unique = None
+    if meter is not None and meter.value_property is not None and meter.value_property in metadata:
+        unique = group_text(metadata[meter.value_property])
+    return aggregation_of(_aggregation(meter_id)).contribution(Contribution(quantity, order, unique))
+
+
 def expected(workload: Workload, sent_at: datetime | None = None, days_back: int = PERIOD_DAYS_BACK) -> Expected:
-    """Replay the stream by the service's rules: the exact totals and counts it must produce.
+    """Replay the stream by the service's rules: the exact rollup states, values and counts it must produce.
 
     In the order ingest applies them: a period_date outside the window around the send time is refused;
     a key stored within the last 48 hours answers for itself (the same payload is a duplicate, another one
     is refused), even once its line is paused; otherwise an event of a line paused at or before its batch
     is sent is refused, and any other is accepted. `sent_at` pretends every batch is sent at that one
     instant (a client replaying the workload now, over HTTP); pauses still take effect in stream order.
+
+    An accepted event's event time is its batch's send time (a native event's is when it is received);
+    events of one time are ordered as sent, which is how a client sending the batches one after another
+    sees them (the service's own tie-break, a random id, never decides: see `_batches`).
     """
     pauses = sorted(workload.pauses, key=lambda p: p.at)
     paused: set[tuple[str, str]] = set()
     stored: dict[tuple[str, str], tuple[tuple[Any, ...], datetime]] = {}
-    totals: dict[TotalsKey, Decimal] = defaultdict(Decimal)
+    contributions: dict[TotalsKey, list[RollupState]] = defaultdict(list)
     per_org: dict[str, int] = defaultdict(int)
     accepted = duplicate = refused = 0
-    for batch in workload.batches:
+    for number, batch in enumerate(workload.batches):
         while pauses and pauses[0].at <= batch.sent_at:
             pause = pauses.pop(0)
             paused.add((pause.organization_id, pause.service_line_id))
         when = sent_at or batch.sent_at
         earliest = when.date() - timedelta(days=days_back)
         latest = when.date() + timedelta(days=PERIOD_DAYS_FORWARD)
-        for event in batch.events:
+        for index, event in enumerate(batch.events):
             if not earliest <= event.period_date <= latest:
                 refused += 1
                 continue
@@ -718,8 +908,36 @@ def expected(workload: Workload, sent_at: datetime | None = None, days_back: int
             accepted += 1
             per_org[batch.organization_id] += 1
             key = (batch.organization_id, event.service_line_id, event.meter, event.period_date)
-            totals[key] = _WIDE.add(totals[key], event.quantity)
-    return Expected(dict(totals), accepted, duplicate, refused, dict(per_org))
+            order = f"{instant(when)}#{number:09d}.{index:03d}"
+            contributions[key].append(_contribution(event.meter, event.quantity, order, dict(event.metadata)))
+    states = {key: _wide_fold(parts) for key, parts in contributions.items()}
+    lines = {
+        spec.line.id: LineTerms(org.organization.id, dict(spec.line.rates), spec.line.currency)
+        for org in workload.organizations
+        for spec in org.lines
+    }
+    return Expected(states, accepted, duplicate, refused, dict(per_org), lines)
+
+
+def _wide_fold(states: Iterable[RollupState]) -> RollupState:
+    """fold_all with sums that never round (a day of one line's meter stays far inside 80 digits)."""
+    with localcontext(_WIDE):
+        return fold_all(states)
+
+
+def values_of_listed(events: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Decimal]:
+    """The value per (service line, meter) of native events as `GET /v1/usage` lists them, under each meter's
+    aggregation: what a summary over the same period must show. A native event's event time is when it
+    was recorded, so they are ordered by (recorded_at, id), as rolling up orders them."""
+    states: dict[tuple[str, str], RollupState] = {}
+    for event in events:
+        meter = str(event["meter"])
+        order = f"{event['recorded_at']}#{event['id']}"
+        part = _contribution(meter, Decimal(str(event["quantity"])), order, event.get("metadata") or {})
+        key = (str(event["service_line_id"]), meter)
+        with localcontext(_WIDE):
+            states[key] = fold(states.get(key, EMPTY), part)
+    return {key: aggregated_value(_aggregation(key[1]), state) for key, state in states.items()}
 
 
 # -- loading into a running container --------------------------------------------------------------------

@@ -7,10 +7,12 @@ from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
 from chalicelib import catalog as catalog_data
+from chalicelib.container import Container
 from chalicelib.domain.models import Organization, Plan, ServiceLine
 from chalicelib.domain.usage import (
     check_idempotency_key,
@@ -22,6 +24,8 @@ from chalicelib.domain.usage import (
 )
 from chalicelib.local import workload as wl
 from chalicelib.local.workload import Batch, GeneratedEvent, LineSpec, OrganizationSpec, Pause, Workload
+from tests.conftest import FULL_KEY, OTHER_ORG_KEY, auth
+from tests.support import body, run_aggregator
 
 NOW = datetime(2026, 5, 20, 14, 30, tzinfo=UTC)
 WIDE = Context(prec=80)  # sums here never round
@@ -73,10 +77,32 @@ def test_each_demo_organization_uses_several_lines_and_meters(demo90: Workload) 
     for event in demo90.events():
         lines[event.organization_id].add(event.service_line_id)
         meters[event.organization_id].add(event.meter)
-    assert len(lines["ORG-26-090500"]) == 5 and len(meters["ORG-26-090500"]) == 9
-    assert len(lines["ORG-26-100200"]) == 2
+    assert len(lines["ORG-26-090500"]) == 6 and len(meters["ORG-26-090500"]) == 14
+    assert len(lines["ORG-26-100200"]) == 2 and meters["ORG-26-100200"] == {"talent.hours", "talent.timesheets"}
     active = {m["id"] for m in catalog_data.read("meters") if m["status"] == "ACTIVE"}
     assert set().union(*meters.values()) == active
+    aggregations = {m["aggregation"] for m in catalog_data.read("meters") if m["id"] in active}
+    assert aggregations == {"sum", "count", "max", "min", "latest", "unique_count", "avg"}
+
+
+def test_demo_json_lines_keep_their_rates_and_the_extra_lines_fit_the_plans() -> None:
+    demo = catalog_data.read("demo")
+    plans = {p["id"]: Plan.model_validate(p) for p in catalog_data.read("plans")}
+    meters = {m["id"]: m for m in catalog_data.read("meters")}
+    specs = wl.demo_organizations()
+    in_demo_json = {raw["id"]: raw["rates"] for raw in demo["service_lines"]}
+    for org in specs:
+        plan = plans[org.organization.plan_id]
+        assert plan.limits.active_service_lines is None or len(org.lines) <= plan.limits.active_service_lines
+        for spec in org.lines:
+            line = spec.line
+            assert line.product_line in plan.allowed_product_lines
+            for meter, rate in line.rates.items():
+                assert meters[meter]["status"] == "ACTIVE" and line.product_line in meters[meter]["product_lines"]
+                assert rate >= 0
+            if line.id in in_demo_json:
+                assert {m: str(r) for m, r in line.rates.items()} == in_demo_json[line.id]
+    assert set(wl.DEFAULT_RATES) == {m for m, raw in meters.items() if raw["status"] == "ACTIVE"}
 
 
 def test_every_event_is_a_line_meter_the_line_bills(demo90: Workload) -> None:
@@ -163,6 +189,106 @@ def test_quantities_are_exact_decimals_of_every_scale(demo90: Workload) -> None:
     assert {0, 1, 2, 3, 6, 9} <= places and max(places) <= 9
 
 
+# -- shape: the meters that do not sum ------------------------------------------------------------------
+
+
+def test_a_timesheet_per_talent_and_day_worked_whose_quantity_is_what_it_logs(demo90: Workload) -> None:
+    line = "LIN-26-100202"
+    logged: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
+    sheets: Counter[tuple[str, date]] = Counter()
+    quantity: dict[tuple[str, date], Decimal] = {}
+    for event in demo90.events():
+        if event.service_line_id != line or event.retry:
+            continue
+        key = (dict(event.metadata)["talent_id"], event.period_date)
+        if event.meter == "talent.hours":
+            logged[key] += event.quantity
+        elif event.meter == "talent.timesheets":
+            sheets[key] += 1
+            quantity[key] = event.quantity
+    assert len(sheets) > 50 and set(sheets.values()) == {1}
+    [pause] = demo90.pauses  # the history's start and the pause cut some days' reports in two: not those
+    inside = {
+        key for key in sheets if demo90.start.date() + timedelta(days=6) <= key[1] < pause.at.date() - timedelta(days=7)
+    }
+    assert len(inside) > 40 and inside <= set(logged)
+    assert all(quantity[key] == logged[key] for key in inside)
+    assert any(q != 1 for q in quantity.values())  # a count meter ignores it: its value is not their sum
+    assert any(e.late for e in demo90.events() if e.meter == "talent.timesheets")
+
+
+def test_the_collector_reports_storage_alike_in_each_region_and_resizes_rarely() -> None:
+    region_lines = [
+        LineSpec(line_spec.line, team=3)
+        for org in wl.demo_organizations()
+        for line_spec in org.lines
+        if line_spec.line.id == "LIN-26-091200"
+    ]
+    org = wl.demo_organizations()[0]
+    workload = wl.generate([OrganizationSpec(org.organization, org.workspaces, tuple(region_lines))], days=90, now=NOW)
+    readings: dict[date, set[Decimal]] = defaultdict(set)
+    regions: dict[date, set[str]] = defaultdict(set)
+    fewest: list[Decimal] = []
+    for event in workload.events():
+        if event.meter == "compute.storage_gb" and not event.retry:
+            readings[event.period_date].add(event.quantity)
+            regions[event.period_date].add(dict(event.metadata)["region"])
+        elif event.meter == "compute.min_replicas":
+            fewest.append(event.quantity)
+    assert all(len(values) == 1 for values in readings.values())  # one volume, provisioned in each region
+    assert max(len(r) for r in regions.values()) == 3
+    sizes = [next(iter(readings[day])) for day in sorted(readings)]
+    changes = [day for day, a, b in zip(sorted(readings)[1:], sizes, sizes[1:], strict=False) if a != b]
+    assert 1 <= len(changes) <= 12
+    assert all(day < NOW.date() - timedelta(days=wl.GAUGE_QUIET_DAYS) for day in changes)
+    assert set(fewest) <= {Decimal(1), Decimal(2), Decimal(3)} and len(set(fewest)) >= 2
+
+
+def test_agent_runs_report_latency_users_from_a_bounded_population_and_hourly_peaks(demo90: Workload) -> None:
+    line = "LIN-26-091500"
+    events = [e for e in demo90.events() if e.service_line_id == line and not e.retry]
+    runs = [e for e in events if e.meter == "agent.runs"]
+    latency = [e for e in events if e.meter == "agent.latency_ms"]
+    users = [dict(e.metadata)["user_id"] for e in events if e.meter == "agent.unique_users"]
+    peaks = [e for e in events if e.meter == "agent.peak_concurrency"]
+    assert len(latency) == len(runs) == len(users) > 100
+    assert all(e.quantity > 0 and decimal_places(e.quantity) <= 1 for e in latency)
+    assert 2 <= len(set(users)) <= wl.USERS_PER_AGENT * 2  # the line has 2 agents
+    assert max(Counter(users).values()) > 3 * min(Counter(users).values())  # regulars and occasional users
+    runs_per_hour: Counter[tuple[str, datetime]] = Counter()
+    for run in runs:
+        runs_per_hour[(dict(run.metadata)["agent_id"], run.event_time.replace(minute=0, second=0, microsecond=0))] += (
+            int(run.quantity)
+        )
+    for peak in peaks:
+        hour = peak.event_time.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+        assert 1 <= peak.quantity <= runs_per_hour[(dict(peak.metadata)["agent_id"], hour)]
+        assert peak.period_date == hour.date()
+    assert any(p.quantity > 1 for p in peaks)
+    # the first agent line (demo.json's) bills only the sum meters: it reports nothing else
+    assert {e.meter for e in demo90.events() if e.service_line_id == "LIN-26-091100"} == {
+        "agent.runs",
+        "agent.tokens",
+        "agent.run_seconds",
+    }
+
+
+def test_a_batch_never_holds_two_different_readings_of_a_gauge() -> None:
+    for flush in (timedelta(hours=1), timedelta(days=1), timedelta(days=3)):
+        workload = wl.generate(days=30, now=NOW, seed=4, flush_every=flush)
+        for batch in workload.batches:
+            readings: dict[str, set[Decimal]] = defaultdict(set)
+            for event in batch.events:
+                if event.meter == "compute.storage_gb":
+                    readings[event.service_line_id].add(event.quantity)
+            assert all(len(values) == 1 for values in readings.values())
+
+
+def test_the_volume_per_scale_stays_about_what_it_was() -> None:
+    # 8,681 events for these arguments before the meters of other aggregations were added
+    assert 8_681 <= wl.generate(days=90, now=NOW, seed=7).event_count <= 1.15 * 8_681
+
+
 # -- retries, late events, the paused line ------------------------------------------------------------------
 
 
@@ -211,15 +337,39 @@ def test_the_paused_line_stops_and_what_it_sends_later_is_flagged(demo90: Worklo
 
 # -- expected totals, recomputed here from the stream -----------------------------------------------------
 
+AGGREGATION = {m["id"]: m["aggregation"] for m in catalog_data.read("meters")}
+Key = tuple[str, str, str, date]
 
-def recompute(workload: Workload) -> tuple[dict[tuple[str, str, str, date], Decimal], int, int, int]:
-    """Totals and counts by another route: the first send of each key counts unless its line was paused
-    (the stream's retries all follow within minutes, well inside the 48-hour window)."""
+
+def value_of(meter: str, accepted: list[tuple[datetime, int, GeneratedEvent]]) -> Decimal:
+    """A meter's value over accepted events (send time, position in the stream, event), by its definition in
+    the catalog, computed here without the domain's fold."""
+    quantities = [e.quantity for _, _, e in accepted]
+    aggregation = AGGREGATION[meter]
+    if aggregation == "sum":
+        return sum(quantities, Decimal(0))
+    if aggregation == "count":
+        return Decimal(len(quantities))
+    if aggregation == "max":
+        return max(quantities)
+    if aggregation == "min":
+        return min(quantities)
+    if aggregation == "latest":
+        return max(accepted, key=lambda a: (a[0], a[1]))[2].quantity
+    if aggregation == "unique_count":
+        return Decimal(len({dict(e.metadata)["user_id"] for _, _, e in accepted}))
+    assert aggregation == "avg"
+    return (sum(quantities, Decimal(0)) / len(quantities)).quantize(Decimal("1e-9"))  # half-even
+
+
+def recompute(workload: Workload) -> tuple[dict[Key, list[tuple[datetime, int, GeneratedEvent]]], int, int, int]:
+    """The accepted events per day and counts by another route: the first send of each key counts unless its
+    line was paused (the stream's retries all follow within minutes, well inside the 48-hour window)."""
     paused_at = {(p.organization_id, p.service_line_id): p.at for p in workload.pauses}
-    totals: dict[tuple[str, str, str, date], Decimal] = defaultdict(Decimal)
+    accepted: dict[Key, list[tuple[datetime, int, GeneratedEvent]]] = defaultdict(list)
     counted: set[tuple[str, str]] = set()
     refused = duplicate = 0
-    for batch, event in all_events(workload):
+    for position, (batch, event) in enumerate(all_events(workload)):
         pause = paused_at.get((event.organization_id, event.service_line_id))
         if (event.organization_id, event.idempotency_key) in counted:
             duplicate += 1
@@ -228,18 +378,87 @@ def recompute(workload: Workload) -> tuple[dict[tuple[str, str, str, date], Deci
         else:
             counted.add((event.organization_id, event.idempotency_key))
             key = (event.organization_id, event.service_line_id, event.meter, event.period_date)
-            totals[key] = WIDE.add(totals[key], event.quantity)
-    return dict(totals), len(counted), duplicate, refused
+            accepted[key].append((batch.sent_at, position, event))
+    return dict(accepted), len(counted), duplicate, refused
 
 
 def test_expected_totals_match_a_recomputation_from_the_stream(demo90: Workload) -> None:
     exp = wl.expected(demo90)
-    totals, accepted, duplicate, refused = recompute(demo90)
-    assert exp.totals == totals
+    per_day, accepted, duplicate, refused = recompute(demo90)
+    assert exp.totals == {key: value_of(key[2], events) for key, events in per_day.items()}
     assert (exp.accepted, exp.duplicate, exp.refused) == (accepted, duplicate, refused)
     assert duplicate >= 100 and refused >= 1
     assert sum(exp.accepted_by_organization.values()) == accepted
     assert exp.accepted + exp.duplicate + exp.refused == demo90.event_count
+
+
+def test_expected_per_line_meter_folds_the_days_by_each_aggregation(demo90: Workload) -> None:
+    exp = wl.expected(demo90)
+    per_day, _, _, _ = recompute(demo90)
+    org = "ORG-26-090500"
+    start, end = exp.period(org)
+    for first, last in ((start, end), (end - timedelta(days=20), end - timedelta(days=6)), (end, end)):
+        over: dict[tuple[str, str], list[tuple[datetime, int, GeneratedEvent]]] = defaultdict(list)
+        for (o, line, meter, day), events in per_day.items():
+            if o == org and first <= day <= last:
+                over[(line, meter)].extend(events)
+        assert exp.by_line_meter(org, first, last) == {k: value_of(k[1], events) for k, events in over.items()}
+    whole = exp.by_line_meter(org, start, end)
+    days = [
+        v for (o, line, meter, _), v in exp.totals.items() if (line, meter) == ("LIN-26-091500", "agent.unique_users")
+    ]
+    assert whole[("LIN-26-091500", "agent.unique_users")] < sum(days)  # the same users come back on other days
+    peaks = [v for (o, line, meter, _), v in exp.totals.items() if meter == "agent.peak_concurrency"]
+    assert whole[("LIN-26-091500", "agent.peak_concurrency")] == max(peaks)
+
+
+def test_expected_costs_are_rate_times_value_rounded_per_line(demo90: Workload) -> None:
+    exp = wl.expected(demo90)
+    for org in demo90.organizations:
+        start, end = exp.period(org.organization.id)
+        values = exp.by_line_meter(org.organization.id, start, end)
+        costs = exp.costs(org.organization.id, start, end)
+        assert set(costs) == {spec.line.id for spec in org.lines}
+        total = Decimal(0)
+        for spec in org.lines:
+            exact = sum(
+                (
+                    WIDE.multiply(rate, values.get((spec.line.id, meter), Decimal(0)))
+                    for meter, rate in spec.line.rates.items()
+                ),
+                Decimal(0),
+            )
+            assert costs[spec.line.id] == exact.quantize(Decimal("0.01"))
+            total += exact
+        assert exp.total_cost(org.organization.id, "USD", start, end) == total.quantize(Decimal("0.01"))
+    infra = exp.costs("ORG-26-090500")["LIN-26-091200"]
+    storage = exp.by_line_meter("ORG-26-090500")[("LIN-26-091200", "compute.storage_gb")]
+    assert storage in {Decimal(gb) for gb in wl.STORAGE_SIZES_GB} and infra > storage * Decimal("0.10")
+
+
+def test_a_loaded_history_summarizes_to_the_expected_values_and_costs(client: Any, container: Container) -> None:
+    loaded = wl.load_history(container, days=6, now=NOW, seed=5, flush_every=timedelta(hours=6))
+    exp = loaded.expected
+    assert loaded.as_expected
+    run_aggregator(client, container)
+    for org, key in (("ORG-26-090500", FULL_KEY), ("ORG-26-100200", OTHER_ORG_KEY)):
+        start, end = exp.period(org)
+        query = urlencode({"from": start.isoformat(), "to": end.isoformat()})
+        response = client.http.get(f"/v1/usage/summary?{query}", headers=auth(key))
+        assert response.status_code == 200, response.body
+        summary = body(response)["data"]
+        shown = {
+            (line["service_line_id"], meter["meter"]): meter["quantity"]
+            for line in summary["by_service_line"]
+            for meter in line["meters"]
+        }
+        assert shown == exp.by_line_meter(org, start, end)
+        assert {line["service_line_id"]: line["cost_estimate"] for line in summary["by_service_line"]} == exp.costs(
+            org, start, end
+        )
+        assert summary["total_cost_estimate"] == exp.total_cost(org, summary["currency"], start, end)
+    aggregations = {m["id"]: m["aggregation"] for m in catalog_data.read("meters")}
+    assert {aggregations[meter] for (_, _, meter, _) in exp.states} == set(aggregations.values())
 
 
 def test_expected_per_line_meter_adds_the_days() -> None:
