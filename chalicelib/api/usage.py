@@ -80,6 +80,8 @@ def usage_summary(call: Call) -> Reply:
     query = call.query_as(SummaryQuery)
     today = call.container.clock().date()
     end = query.to or today
+    if end >= LATEST:  # the day after `to` bounds the period
+        raise validation_error("to", f"must be before {LATEST.isoformat()}")
     if query.from_ is not None and query.from_ > end:
         raise validation_error("from", "must not be after 'to' (which defaults to today)")
     start = query.from_ or end.replace(day=1)

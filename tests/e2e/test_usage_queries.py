@@ -352,6 +352,14 @@ def test_invalid_parameters_are_refused_naming_the_field(client: Any, mixed: lis
         assert "data" not in body(response)
 
 
+def test_summary_up_to_the_last_calendar_day_is_refused_not_a_server_error(client: Any, mixed: list[Ingested]) -> None:
+    for params in ({"to": "9999-12-31"}, {"from": "2026-01-01", "to": "9999-12-31", "group_by": "agent_id"}):
+        response = get(client, "/v1/usage/summary", params)
+        assert response.status_code == 400, (params, response.body)
+        assert (error_of(response)["code"], error_of(response)["field"]) == ("validation_error", "to")
+    assert get(client, "/v1/usage/summary", {"from": "2026-05-01", "to": "9999-12-30"}).status_code == 200
+
+
 def test_from_after_to_is_refused(client: Any, mixed: list[Ingested]) -> None:
     response = get(client, "/v1/usage", {"from": "2026-05-03", "to": "2026-05-01"})
     assert response.status_code == 400
