@@ -151,7 +151,7 @@ def rolled_up(base_url: str, key: str, org: str) -> dict[tuple[str, str], Decima
     }
 
 
-def wait_rolled_up(base_url: str, tag: str, timeout: float = 300) -> float:
+def wait_rolled_up(base_url: str, tag: str, timeout: float = 600) -> float:
     """Until each organization's summary equals the sum of its stored events (the rollups count each once);
     the seconds it took. The events are listed once: nothing is recorded meanwhile."""
     started = time.monotonic()
