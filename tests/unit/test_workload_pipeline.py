@@ -4,9 +4,7 @@ the listing every accepted event."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -59,10 +57,7 @@ def test_two_weeks_of_history_show_exactly_what_was_accepted(client: Any, contai
         events = listed(client, key, start, end)
         assert len(events) == exp.accepted_by_organization[org]
         assert len({e["id"] for e in events}) == len(events)
-        sums: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-        for event in events:
-            sums[(event["service_line_id"], event["meter"])] += event["quantity"]
-        assert sums == shown
+        assert wl.values_of_listed(events) == shown
 
     [pause] = loaded.workload.pauses
     line = container.catalog.get_service_line(pause.organization_id, pause.service_line_id)
