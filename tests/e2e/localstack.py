@@ -32,6 +32,15 @@ _STACK_ENV = (
 )
 
 
+def stack_env() -> dict[str, str]:
+    """The test's environment without the stack settings a developer may have exported; the catalog
+    cache off unless a test sets it, so a key revoked by a test is refused at once (the cache's TTL
+    has its own tests)."""
+    env = {k: v for k, v in os.environ.items() if k not in _STACK_ENV}
+    env.setdefault("METERING_CATALOG_TTL_SECONDS", "0")
+    return env
+
+
 class StackProcess:
     """`python -m chalicelib.local.stack --port 0 ...` as a subprocess, its output kept.
 
@@ -52,7 +61,7 @@ class StackProcess:
 
     def start(self, timeout: float = 120) -> StackProcess:
         """Start it and wait for "ready"; AssertionError with its output if it does not get there."""
-        env = {k: v for k, v in os.environ.items() if k not in _STACK_ENV}
+        env = stack_env()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chalicelib.local.stack", *self.args],
             cwd=ROOT,
@@ -85,7 +94,7 @@ class StackProcess:
 
     def run_until_exit(self, timeout: float = 120) -> int:
         """Start it and wait for it to exit by itself (a stack that refuses to start); its exit code."""
-        env = {k: v for k, v in os.environ.items() if k not in _STACK_ENV}
+        env = stack_env()
         done = subprocess.run(
             [sys.executable, "-m", "chalicelib.local.stack", *self.args],
             cwd=ROOT,
