@@ -15,7 +15,7 @@ PACKAGE_DIR := build/package-$(STAGE)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade "pip<26.3"  # chalice requires pip<26.3
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet -e .  # the operator command, usage-metering
 	touch $(STAMP)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from chalicelib.domain import aggregation
 from chalicelib.domain.ids import batch_id as new_batch_id
 from chalicelib.domain.ids import usage_event_id
 from chalicelib.domain.models import ServiceLine, UsageEvent, instant
@@ -118,6 +119,7 @@ def resolve(
         )
     if meter.id in WHOLE_METERS and draft.quantity != draft.quantity.to_integral_value():
         raise validation_error("quantity", f"{meter.id} counts whole {meter.unit}; send a whole number")
+    aggregation.check_event_for_meter(meter.aggregation, meter.value_property, draft.metadata)
     return line.workspace_id, meter.unit
 
 

@@ -72,6 +72,10 @@ def run_full_flow(recording: Callable[[bool], None] = lambda on: None) -> dict[s
             http.post("/v1/metering/events", headers=full, body=json.dumps(event))
             batch = {"events": [{**event, "idempotency_key": f"f-{i}", "quantity": i} for i in range(5)]}
             seen["batch"] = http.post("/v1/metering/events/batch", headers=full, body=json.dumps(batch)).status_code
+            # the whole batch again: every event a duplicate, its pending record dropped
+            seen["batch_replay"] = http.post(
+                "/v1/metering/events/batch", headers=full, body=json.dumps(batch)
+            ).status_code
             listed = json.loads(http.get("/v1/usage?limit=1", headers=full).body)["data"][0]["id"]
             voided = http.post(f"/v1/metering/events/{listed}/void", headers=full, body=json.dumps({"reason": "flow"}))
             seen["void"] = voided.status_code

@@ -1,8 +1,9 @@
 """Corrections under the pipeline's faults, on the emulated AWS: the same harness as ingest's fault tests
 (tests/integration/test_pipeline_faults.py: the real SQS queue and `aggregate_usage` handler, faults at
 the AWS client boundary). A voided 80-hour timesheet and an adjustment of -72 hours each leave the
-summary at the exact total (the wrong timesheet's 8 hours beside another of 8), counted once, through redeliveries, a worker crash between its writes and
-a lost queue message, and every rollup equals its raw records (events, voids and adjustments).
+summary at the exact total (the wrong timesheet's 8 hours beside another of 8), counted once, through
+redeliveries, a worker crash between its writes and a lost queue message, and every rollup equals its raw
+records (events, voids and adjustments).
 """
 
 from __future__ import annotations

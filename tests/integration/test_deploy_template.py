@@ -403,6 +403,11 @@ NOT_IN_FLOW = {
     ): "in one process the API handler looked the URL up first",
     ("aggregate_usage", "dynamodb:UpdateItem", "table/metering-events-prod"): "marking a dead-lettered batch",
     (
+        "aggregate_usage",
+        "dynamodb:GetItem",
+        "table/metering-events-prod",
+    ): "a single event whose message never came (a crash after its write): is its batch the sweeper's?",
+    (
         "reconcile_rollups",
         "sqs:GetQueueUrl",
         "metering-usage-prod",
