@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 # so a module-scoped local stack starts once.
 TEST_WORKERS ?= 2
 test: lint typecheck cfn-lint browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 # The dashboard's browser tests drive Debian's chromium with playwright (PyPI; no browser download).
 # As root with apt-get it is installed when missing; elsewhere the tests are skipped with a loud

@@ -55,3 +55,20 @@ def client(container: Container):  # type: ignore[no-untyped-def]
 
 def auth(key: str = FULL_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+
+# The longest modules start first, so that on two workers (make test: pytest-xdist, one module per worker)
+# the rest of the suite runs beside them instead of after them.
+LONGEST_FIRST = (
+    "tests/integration/test_pipeline_soak.py",
+    "tests/e2e/test_python_client.py",
+    "tests/integration/test_pipeline_faults.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
