@@ -167,19 +167,6 @@ def ingest_events(call: Call) -> Reply:
     def where(index: int) -> str:
         return name(index if batch else None)
 
-    events: list[ForeignEvent | MeteringError] = []
-    for index, item in enumerate(data):
-        try:
-            events.append(parse_event(item, where(index), call))
-        except MeteringError as error:
-            events.append(error)
-    now = call.container.clock()
-    prepared = ingest_mapping.prepare(call.container.catalog, call.organization_id, events, now)
-    invalid = ingest_mapping.first_invalid(prepared, where)
-    if invalid is not None:
-        raise invalid
-    outcomes = ingest_mapping.store(call.container, call.organization_id, prepared, now, conflicts_are_duplicates=True)
-    failure = ingest_mapping.request_failure(outcomes, where, conflicts_are_duplicates=True)
-    if failure is not None:
-        raise failure
+    events = ingest_mapping.parse_each(data, lambda index, item: parse_event(item, where(index), call))
+    ingest_mapping.ingest_all(call.container, call.organization_id, events, where)
     return Reply(NO_BODY, 204)

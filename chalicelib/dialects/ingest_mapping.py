@@ -118,6 +118,37 @@ def store(
     return done
 
 
+def parse_each(items: Sequence[Any], parse: Callable[[int, Any], ForeignEvent]) -> list[ForeignEvent | MeteringError]:
+    """Each item of a request parsed by its index, or the error that says why it cannot be."""
+    events: list[ForeignEvent | MeteringError] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(parse(index, item))
+        except MeteringError as error:
+            events.append(error)
+    return events
+
+
+def ingest_all(
+    container: Container,
+    organization_id: str,
+    events: Sequence[ForeignEvent | MeteringError],
+    name: Callable[[int], str],
+) -> list[IngestOutcome]:
+    """A whole request of a dialect that deduplicates by id alone: the first invalid event is raised
+    (nothing written), then the events are stored and the request's failure, if any, is raised."""
+    now = container.clock()
+    prepared = prepare(container.catalog, organization_id, events, now)
+    invalid = first_invalid(prepared, name)
+    if invalid is not None:
+        raise invalid
+    outcomes = store(container, organization_id, prepared, now, conflicts_are_duplicates=True)
+    failure = request_failure(outcomes, name, conflicts_are_duplicates=True)
+    if failure is not None:
+        raise failure
+    return outcomes
+
+
 class Refusal(MeteringError):
     """An event refused, answered with the status its dialect gives a refused event (400); the code stays."""
 

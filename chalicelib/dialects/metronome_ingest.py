@@ -115,19 +115,6 @@ def ingest_usage(call: Call) -> Reply:
             f"The body must be a JSON array of 1 to {MAX_BATCH_EVENTS} usage events.",
             field="usage",
         )
-    events: list[ForeignEvent | MeteringError] = []
-    for index, item in enumerate(data):
-        try:
-            events.append(parse_event(item, index, call))
-        except MeteringError as error:
-            events.append(error)
-    now = call.container.clock()
-    prepared = ingest_mapping.prepare(call.container.catalog, call.organization_id, events, now)
-    invalid = ingest_mapping.first_invalid(prepared, name)
-    if invalid is not None:
-        raise invalid
-    outcomes = ingest_mapping.store(call.container, call.organization_id, prepared, now, conflicts_are_duplicates=True)
-    failure = ingest_mapping.request_failure(outcomes, name, conflicts_are_duplicates=True)
-    if failure is not None:
-        raise failure
+    events = ingest_mapping.parse_each(data, lambda index, item: parse_event(item, index, call))
+    ingest_mapping.ingest_all(call.container, call.organization_id, events, name)
     return Reply(NO_BODY, 200)
