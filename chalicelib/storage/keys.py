@@ -41,16 +41,8 @@ def event_pk_prefix(organization_id: str) -> str:
 
 
 EVENT_SK = "EV"
-
-
-def slot_for(idempotency_key: str | None, event_id: str) -> str:
-    """Where an event lives: under its idempotency key, or its id when it has none."""
-    return f"K#{idempotency_key}" if idempotency_key is not None else f"I#{event_id}"
-
-
-def archive_slot(event_id: str) -> str:
-    """Where an event whose key was reused after the idempotency window is moved."""
-    return f"A#{event_id}"
+# An event's slot (K#<idempotency key>, I#<event id>, A#<event id> once moved aside) is what makes a key
+# unique, so the domain defines it: domain/pipeline.slot_for and archive_slot.
 
 
 def line_index_pk(organization_id: str, line_id: str) -> str:
