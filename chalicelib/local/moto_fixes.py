@@ -14,7 +14,12 @@ independent of the size of the table, and its numbers exact:
   comparisons (`query`, `all_items`, `sorted_items`);
 - item attribute values are serialized straight to JSON instead of member by
   member through the botocore shape (`execute_result`);
-- items are no longer kept alive by moto's instance tracking (`new_item`).
+- items are no longer kept alive by moto's instance tracking (`new_item`);
+- an UpdateItem made only of top-level SET name = :value, ADD and REMOVE actions
+  is applied directly instead of through moto's validator, which deep-copies
+  and walks the expression's syntax tree ten times per request; any other
+  expression, and any request moto would refuse, still goes through moto
+  (`update_item`), and an expression is parsed once per process (`parse_update`).
 
 What DynamoDB answers is unchanged by every fix except the numbers, where moto
 was wrong (tests/integration/test_emulator.py).
@@ -28,6 +33,7 @@ import copy
 import dataclasses
 import decimal
 import inspect
+import re
 import weakref
 from collections.abc import Callable
 from decimal import Decimal
@@ -35,9 +41,15 @@ from typing import Any, cast
 
 from moto.core.responses import ActionResult
 from moto.core.serialize import JSONSerializer
-from moto.dynamodb.comparisons import get_comparison_func, get_filter_expression
+from moto.dynamodb.comparisons import (
+    create_condition_expression_parser,
+    get_comparison_func,
+    get_filter_expression,
+)
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
+    ItemSizeTooLarge,
+    ItemSizeToUpdateTooLarge,
     MockValidationException,
     MultipleTransactionsException,
     TooManyTransactionsException,
@@ -47,6 +59,8 @@ from moto.dynamodb.exceptions import (
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]  # the module is untyped
+from moto.dynamodb.parsing.reserved_keywords import ReservedKeywords
 from moto.dynamodb.responses import DynamoResult
 
 __all__ = ["copy_item", "install"]
@@ -63,6 +77,8 @@ def install() -> None:
     _replace(Table, "sorted_items", sorted_items)
     _replace(DynamoResult, "execute_result", execute_result)
     _replace(Item, "__new__", staticmethod(new_item))
+    _replace(UpdateExpressionParser, "make", classmethod(parse_update))
+    _replace(DynamoDBBackend, "update_item", update_item)
     _wrap(DynamoType, "__add__", lambda original: _number_operator(original, number_add))
     _wrap(DynamoType, "__sub__", lambda original: _number_operator(original, number_sub))
     _wrap(Table, "query", _scoped_query)
@@ -72,7 +88,9 @@ def install() -> None:
 
 def _replace(owner: type, name: str, fix: Any) -> None:
     current = owner.__dict__.get(name)
-    if getattr(current, "__func__", current) is not getattr(fix, "__func__", fix):
+    if getattr(current, "__func__", current) is not getattr(fix, "__func__", fix) and not getattr(
+        current, "_moto_fix", False
+    ):
         setattr(owner, name, fix)
 
 
@@ -594,3 +612,249 @@ def execute_result(self: DynamoResult, context: Any) -> Any:
     if context.serializer_class is JSONSerializer:
         context = dataclasses.replace(context, serializer_class=_DynamoJSONSerializer)
     return ActionResult.execute_result(self, context)
+
+
+# -- updates ----------------------------------------------------------------------------------------
+
+_MOTO_UPDATE_ITEM = DynamoDBBackend.update_item
+_MOTO_PARSE_UPDATE = UpdateExpressionParser.make.__func__  # type: ignore[attr-defined]
+_PARSED: dict[str, Any] = {}
+_PLANS: dict[str, tuple[tuple[str, str, str | None], ...] | None] = {}
+_CACHE_SIZE = 4096
+
+
+def parse_update(cls: type[UpdateExpressionParser], expression: str) -> Any:
+    """UpdateExpressionParser.make, parsing each expression once.
+
+    moto parses an UpdateExpression twice per UpdateItem (once to find the
+    placeholders it uses, once to validate it), and a service sends a few
+    expression shapes many times. Nothing changes the tree it returns (the
+    validator works on a deep copy), so the tree is kept; an expression that
+    fails to parse raises each time, as before.
+    """
+    tree = _PARSED.get(expression)
+    if tree is None:
+        tree = _MOTO_PARSE_UPDATE(cls, expression)
+        if len(_PARSED) >= _CACHE_SIZE:
+            _PARSED.clear()
+        _PARSED[expression] = tree
+    return tree
+
+
+_TOKEN = re.compile(r"\s*(?:([#:]?[A-Za-z0-9_]+)|(.))")
+_CLAUSES = ("SET", "ADD", "REMOVE")
+_PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_PLACEHOLDER = re.compile(r"[#:][A-Za-z0-9_]+")
+
+
+def _plan(expression: str) -> tuple[tuple[str, str, str | None], ...] | None:
+    """The (clause, path, value placeholder) actions of a simple UpdateExpression, or None.
+
+    Simple: SET, ADD and REMOVE clauses, each at most once, whose actions are
+    `path = :value`, `path :value` and `path`, where a path is a `#name`
+    placeholder or a plain name that is not a reserved word. Anything else
+    (nested paths, functions, arithmetic, DELETE, syntax errors) is None.
+    """
+    if expression in _PLANS:
+        return _PLANS[expression]
+    plan = _parse_plan(expression)
+    if len(_PLANS) >= _CACHE_SIZE:
+        _PLANS.clear()
+    _PLANS[expression] = plan
+    return plan
+
+
+def _parse_plan(expression: str) -> tuple[tuple[str, str, str | None], ...] | None:
+    tokens: list[str] = []
+    position = 0
+    while position < len(expression):
+        if expression[position:].isspace():
+            break
+        match = _TOKEN.match(expression, position)
+        if match is None:
+            return None
+        tokens.append(match.group(1) or match.group(2))
+        position = match.end()
+    reserved = set(ReservedKeywords.get_reserved_keywords())
+    actions: list[tuple[str, str, str | None]] = []
+    seen: set[str] = set()
+    index = 0
+
+    def path_at(i: int) -> str | None:
+        if i >= len(tokens):
+            return None
+        token = tokens[i]
+        if token.startswith("#"):
+            return token if _PLACEHOLDER.fullmatch(token) else None
+        if _PLAIN_NAME.fullmatch(token) and token.upper() not in reserved:
+            return token
+        return None
+
+    def value_at(i: int) -> str | None:
+        token = tokens[i] if i < len(tokens) else ""
+        return token if token.startswith(":") and _PLACEHOLDER.fullmatch(token) else None
+
+    while index < len(tokens):
+        clause = tokens[index]
+        if clause not in _CLAUSES or clause in seen:
+            return None
+        seen.add(clause)
+        index += 1
+        while True:
+            path = path_at(index)
+            if path is None:
+                return None
+            index += 1
+            value: str | None = None
+            if clause == "SET":
+                if index >= len(tokens) or tokens[index] != "=":
+                    return None
+                index += 1
+            if clause in ("SET", "ADD"):
+                value = value_at(index)
+                if value is None:
+                    return None
+                index += 1
+            actions.append((clause, path, value))
+            if index < len(tokens) and tokens[index] == ",":
+                index += 1
+                continue
+            break
+    return tuple(actions) if actions else None
+
+
+_SETS = ("SS", "NS", "BS")
+
+
+def _resolve(
+    plan: tuple[tuple[str, str, str | None], ...],
+    names: dict[str, str],
+    values: dict[str, Any],
+    table: Table,
+) -> list[tuple[str, str, DynamoType | None]] | None:
+    """The plan with its placeholders resolved, or None where moto's validator might object.
+
+    None for: an undefined placeholder, a path named twice, a key attribute of
+    the table, a SET of a type other than an attribute definition's or of an
+    empty string or binary, an ADD of anything but a number or a non-empty set.
+    """
+    resolved: list[tuple[str, str, DynamoType | None]] = []
+    seen: set[str] = set()
+    definitions = {d["AttributeName"]: d["AttributeType"] for d in table.attr}
+    for clause, path, placeholder in plan:
+        name = names.get(path) if path.startswith("#") else path
+        if name is None or name in seen or name in table.table_key_attrs:
+            return None
+        seen.add(name)
+        value: DynamoType | None = None
+        if placeholder is not None:
+            raw = values.get(placeholder)
+            if type(raw) is not dict or len(raw) != 1:
+                return None
+            ((kind, inner),) = raw.items()
+            if clause == "SET":
+                if kind in ("S", "B") and not inner:
+                    return None
+                if name in definitions and definitions[name] != kind:
+                    return None
+            elif kind != "N" and not (kind in _SETS and inner):
+                return None
+            value = DynamoType(raw)
+        resolved.append((clause, name, value))
+    return resolved
+
+
+def update_item(
+    self: DynamoDBBackend,
+    table_name: str,
+    key: dict[str, dict[str, Any]],
+    update_expression: str,
+    expression_attribute_names: dict[str, Any] | None,
+    expression_attribute_values: dict[str, Any] | None,
+    attribute_updates: dict[str, Any] | None = None,
+    expected: dict[str, Any] | None = None,
+    condition_expression: str | None = None,
+    return_values_on_condition_check_failure: str | None = None,
+) -> Item:
+    """UpdateItem, applying a simple expression (`_plan`) directly.
+
+    moto validates each UpdateItem by deep-copying the expression's tree and
+    walking it with ten processors (most of an aggregator's time in the
+    emulator). For simple expressions the same checks are made on the resolved
+    actions, and whenever one might fail, or the item holds a value of another
+    type than an ADD's, the request goes to moto unchanged, so that every error
+    is moto's own. Applying follows moto's executors: SET stores the value, ADD
+    adds a number (exactly, `number_add`) or appends a set's new members in
+    order, REMOVE drops the attribute, in the order written; the condition, the
+    creation of a missing item, the size limit and the stream record are as in
+    moto.
+    """
+    original = cast(Callable[..., Item], _MOTO_UPDATE_ITEM)
+    arguments = (table_name, key, update_expression, expression_attribute_names, expression_attribute_values)
+    options = {
+        "attribute_updates": attribute_updates,
+        "expected": expected,
+        "condition_expression": condition_expression,
+        "return_values_on_condition_check_failure": return_values_on_condition_check_failure,
+    }
+    plan = _plan(update_expression) if update_expression and not attribute_updates and not expected else None
+    table = self.get_table(table_name)
+    actions = (
+        _resolve(plan, expression_attribute_names or {}, expression_attribute_values or {}, table)
+        if plan is not None
+        else None
+    )
+    if actions is None or table.hash_key_attr not in key:
+        return original(self, *arguments, **options)
+    hash_value = DynamoType(key[table.hash_key_attr])
+    range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr in key else None
+    item = table.get_item(hash_value, range_value)
+    for clause, name, value in actions:
+        present = item.attrs.get(name) if item is not None else None
+        if clause == "ADD" and present is not None and value is not None and present.type != value.type:
+            return original(self, *arguments, **options)  # moto's IncorrectDataType, as moto raises it
+    condition = create_condition_expression_parser(
+        condition_expression, expression_attribute_names, expression_attribute_values
+    ).parse()
+    if not condition.expr(item):
+        if return_values_on_condition_check_failure == "ALL_OLD" and item is not None:
+            raise ConditionalCheckFailed(item=item.to_json()["Attributes"])
+        raise ConditionalCheckFailed
+    before = copy.deepcopy(item) if table.stream_shard is not None else None
+    if item is None:
+        data: dict[str, Any] = {table.hash_key_attr: {hash_value.type: hash_value.value}}
+        if range_value is not None and table.range_key_attr is not None:
+            data[table.range_key_attr] = {range_value.type: range_value.value}
+        table.put_item(data)
+        item = table.get_item(hash_value, range_value)
+    assert item is not None
+    try:
+        for clause, name, value in actions:
+            _apply(item, clause, name, value)
+    except ItemSizeTooLarge:
+        raise ItemSizeToUpdateTooLarge() from None
+    if table.stream_shard is not None:
+        table.stream_shard.add(before, item)
+    return item
+
+
+def _apply(item: Item, clause: str, name: str, value: DynamoType | None) -> None:
+    """One resolved action, as moto's SET, ADD and REMOVE executors apply it to a top-level attribute."""
+    if clause == "REMOVE":
+        item.attrs.pop(name, None)
+        return
+    assert value is not None
+    if clause == "SET":
+        item.attrs[name] = value
+    elif value.type == "N":
+        item.attrs[name] = item.attrs.get(name, DynamoType({"N": "0"})) + value
+    else:
+        members = item.attrs.get(name)
+        if members is None:
+            members = DynamoType({value.type: []})
+            item.attrs[name] = members
+        present = set(members.value)
+        for member in value.value:
+            if member not in present:
+                members.value.append(member)
+                present.add(member)
