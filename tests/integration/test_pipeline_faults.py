@@ -375,6 +375,7 @@ def expected_rollups(events: Iterable[UsageEvent]) -> dict[Key, tuple[Decimal, i
 def stored_rollups(container: Container) -> dict[Key, tuple[Decimal, int, int]]:
     """Every rollup, read through the store's day and hour queries: key -> (quantity, event_count, version)."""
     rows: dict[Key, tuple[Decimal, int, int]] = {}
+    all_grouped = stored_group_rollups(container)
     for line, org in LINE_ORG.items():
         day = container.rollups.day_rollups(org, line, FAR_PAST, FAR_FUTURE, consistent=True)
         hour = container.rollups.hour_rollups(org, line, "2000-01-01T00", "2100-01-01T00")
@@ -382,7 +383,7 @@ def stored_rollups(container: Container) -> dict[Key, tuple[Decimal, int, int]]:
             k = (r.key.service_line_id, r.key.meter, r.key.grain, r.key.period_date, r.key.hour)
             assert k not in rows, f"rollup {k} stored twice"
             rows[k] = (r.quantity, r.event_count, r.version)
-        grouped = [r for r in stored_group_rollups(container) if r.key.service_line_id == line]
+        grouped = [r for r in all_grouped if r.key.service_line_id == line]
         # a day's register exists once a value of the key was seen (events without it need none)
         registers = {
             (r.key.meter, r.key.group_key, r.key.period_date) for r in grouped if r.key.group_value != NO_GROUP
