@@ -66,13 +66,23 @@ class Emulator:
 
     def start(self, create: bool = True) -> Settings:
         from moto import mock_aws
+        from moto.core.config import DefaultConfig
 
         for name, value in _FAKE_ENV.items():
             self._saved_env[name] = os.environ.get(name)
             os.environ[name] = value
         os.environ.pop("AWS_PROFILE", None)
         _patch_moto()
-        self._mock = mock_aws()
+        # moto drops boto3's default session at each start, and with it botocore's cache of loaded
+        # service models: a test's first clients would load them again (~50 ms each). Keep it.
+        config: DefaultConfig = {
+            "core": {
+                "mock_credentials": True,
+                "passthrough": {"urls": [], "services": []},
+                "reset_boto3_session": False,
+            }
+        }
+        self._mock = mock_aws(config=config)
         self._mock.start()
         reset_settings()
         clients.reset_clients()
