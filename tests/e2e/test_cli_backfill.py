@@ -80,7 +80,8 @@ class LossyProxy:
                 pass  # a client that gave up on an answer: expected here
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # Its loop looks for a stop every 50 ms (socketserver's 0.5 s would add up to half a second to each test).
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
