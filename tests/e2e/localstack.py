@@ -44,11 +44,13 @@ def stack_env() -> dict[str, str]:
 class StackProcess:
     """`python -m chalicelib.local.stack --port 0 ...` as a subprocess, its output kept.
 
-    With `data_dir`, the tables are kept there across runs; without, in memory only.
+    With `data_dir`, the tables are kept there across runs; without, in memory only. `env` adds to
+    (or overrides) the environment of `stack_env()`.
     """
 
-    def __init__(self, *extra: str, data_dir: Path | None = None) -> None:
+    def __init__(self, *extra: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.args = ["--port", "0", *(["--data-dir", str(data_dir)] if data_dir else []), *extra]
+        self.extra_env = env or {}
         self.base_url = ""
         self.aws_url = ""
         self.lines: list[str] = []
@@ -61,11 +63,10 @@ class StackProcess:
 
     def start(self, timeout: float = 120) -> StackProcess:
         """Start it and wait for "ready"; AssertionError with its output if it does not get there."""
-        env = stack_env()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chalicelib.local.stack", *self.args],
             cwd=ROOT,
-            env=env,
+            env={**stack_env(), **self.extra_env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -94,11 +95,10 @@ class StackProcess:
 
     def run_until_exit(self, timeout: float = 120) -> int:
         """Start it and wait for it to exit by itself (a stack that refuses to start); its exit code."""
-        env = stack_env()
         done = subprocess.run(
             [sys.executable, "-m", "chalicelib.local.stack", *self.args],
             cwd=ROOT,
-            env=env,
+            env={**stack_env(), **self.extra_env},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -135,16 +135,18 @@ class StackProcess:
 
 
 @contextmanager
-def running_stack(*extra: str, data_dir: Path | None = None) -> Iterator[str]:
+def running_stack(*extra: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """A stack subprocess; yields its base URL, stops it with Ctrl-C (and checks it stopped cleanly)."""
-    with running_stack_process(*extra, data_dir=data_dir) as stack:
+    with running_stack_process(*extra, data_dir=data_dir, env=env) as stack:
         yield stack.base_url
 
 
 @contextmanager
-def running_stack_process(*extra: str, data_dir: Path | None = None) -> Iterator[StackProcess]:
+def running_stack_process(
+    *extra: str, data_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[StackProcess]:
     """A stack subprocess; yields it, stops it with Ctrl-C unless the test already stopped or killed it."""
-    stack = StackProcess(*extra, data_dir=data_dir).start()
+    stack = StackProcess(*extra, data_dir=data_dir, env=env).start()
     try:
         yield stack
     except BaseException:
