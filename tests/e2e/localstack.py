@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib import jsonutil
+from chalicelib.storage.cached_catalog import DEFAULT_TTL_SECONDS
 from tests.conftest import FULL_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,9 @@ _STACK_ENV = (
     "HOST",
     "DEMO_HISTORY_DAYS",
 )
+# For a stack whose tests revoke no key and pause no line: the catalog cache at its deployed TTL (with it
+# off, every request reads its key and service lines from the emulated table).
+DEPLOYED_CATALOG_CACHE = {"METERING_CATALOG_TTL_SECONDS": str(DEFAULT_TTL_SECONDS)}
 
 
 def stack_env() -> dict[str, str]:

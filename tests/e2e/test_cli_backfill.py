@@ -33,7 +33,7 @@ from chalicelib import backfill, jsonutil
 from chalicelib.cli import run
 from chalicelib.domain.usage import WHOLE_METERS
 from tests.conftest import FULL_KEY
-from tests.e2e.localstack import ROOT, request, running_stack
+from tests.e2e.localstack import DEPLOYED_CATALOG_CACHE, ROOT, request, running_stack
 
 BATCH_PATH = "/v1/metering/events/batch"
 COLUMNS = ["service_line_id", "meter", "quantity", "period_date", "source", "metadata"]
@@ -46,7 +46,8 @@ PRODUCT_LINES: dict[str, dict[str, int | Decimal]] = {
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    with running_stack() as url:
+    """The stack, its catalog cache at the deployed TTL (these tests revoke no key and pause no line)."""
+    with running_stack(env=DEPLOYED_CATALOG_CACHE) as url:
         yield url
 
 

@@ -17,9 +17,8 @@ from app import app
 from chalicelib.api.http import EDGE_ROUTES
 from chalicelib.api.openapi import build_document
 from chalicelib.container import Container
-from chalicelib.storage.cached_catalog import DEFAULT_TTL_SECONDS
 from tests.conftest import FULL_KEY
-from tests.e2e.localstack import running_stack
+from tests.e2e.localstack import DEPLOYED_CATALOG_CACHE, running_stack
 from tests.support import in_memory_container
 
 SCHEMATHESIS_CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
@@ -103,7 +102,7 @@ def test_running_service_serves_the_document_and_schemathesis_finds_no_failure(t
     The stack's catalog cache is on, at its deployed TTL (no key is revoked here): without it, every one
     of the ~1,500 requests reads its API key from the emulated table, a quarter of the stack's time.
     """
-    with running_stack(env={"METERING_CATALOG_TTL_SECONDS": str(DEFAULT_TTL_SECONDS)}) as base_url:
+    with running_stack(env=DEPLOYED_CATALOG_CACHE) as base_url:
         with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=10) as response:
             served: dict[str, Any] = json.loads(response.read())
         assert served == json.loads(json.dumps(build_document(), default=str))

@@ -28,9 +28,8 @@ import pytest
 from usage_metering_client import Client, Delivered, FailedEvent
 
 from chalicelib.local import persistence
-from chalicelib.storage.cached_catalog import DEFAULT_TTL_SECONDS
 from tests.conftest import FULL_KEY, OTHER_ORG_KEY
-from tests.e2e.localstack import StackProcess, request, running_stack_process
+from tests.e2e.localstack import DEPLOYED_CATALOG_CACHE, StackProcess, request, running_stack_process
 
 ORG = "ORG-26-090500"
 OTHER_ORG = "ORG-26-100200"
@@ -189,14 +188,13 @@ def add_lines(base_url: str) -> dict[str, list[str]]:
 # that read every recent event; on a loaded machine they outgrew a 1 s period and held up the events' own
 # messages in the shared queue for minutes.
 SCHEDULE_EVERY = ("--schedule-every", "10")
-# The catalog cache at its deployed TTL: these tests revoke no key and pause no line (with it off, every
-# request reads its key and lines from the emulated table: about 4 of the module's 28 s of CPU).
-DEPLOYED_CACHE = {"METERING_CATALOG_TTL_SECONDS": str(DEFAULT_TTL_SECONDS)}
+# The stacks keep the catalog cache at its deployed TTL (DEPLOYED_CATALOG_CACHE): these tests revoke no key and
+# pause no line (with the cache off, reading keys and lines took about 4 of the module's 28 s of CPU).
 
 
 @pytest.fixture
 def stack() -> Iterator[StackProcess]:
-    with running_stack_process(*SCHEDULE_EVERY, env=DEPLOYED_CACHE) as process:
+    with running_stack_process(*SCHEDULE_EVERY, env=DEPLOYED_CATALOG_CACHE) as process:
         yield process
 
 
@@ -260,7 +258,7 @@ def test_the_stack_stopped_mid_send_and_restarted_gets_every_event_once(tmp_path
     data_dir = tmp_path / "data"
     port = free_port()
     args = ("--port", str(port), *SCHEDULE_EVERY, "--snapshot-every", "1")
-    first = StackProcess(*args, data_dir=data_dir, env=DEPLOYED_CACHE).start()
+    first = StackProcess(*args, data_dir=data_dir, env=DEPLOYED_CATALOG_CACHE).start()
     base_url = first.base_url
     planned = plan(1200, DEMO_LINES)
     tag = f"kill-{sig}"
@@ -290,7 +288,7 @@ def test_the_stack_stopped_mid_send_and_restarted_gets_every_event_once(tmp_path
         acked_at_stop = len(recorder.acked)
         taken_at = datetime.fromisoformat(persistence.read_header(persistence.snapshot_path(data_dir))["taken_at"])
         assert len(recorder.acked) < len(planned)  # the stack went down mid-send
-        second = StackProcess(*args, data_dir=data_dir, env=DEPLOYED_CACHE).start()
+        second = StackProcess(*args, data_dir=data_dir, env=DEPLOYED_CATALOG_CACHE).start()
         restarted_at = time.time()
         assert second.base_url == base_url
         late.join(timeout=120)
