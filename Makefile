@@ -41,10 +41,12 @@ typecheck: $(STAMP)
 # The suite runs on TEST_WORKERS processes (pytest-xdist); a module's tests stay on one worker,
 # so a module-scoped local stack starts once.
 # The checks run side by side first (mypy and the packaging behind cfn-lint each take a core).
+# --no-loadscope-reorder keeps tests/conftest.py's order (longest modules first); xdist's own order
+# (most tests first) started the one-test soak last, on its own.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	@$(MAKE) --no-print-directory -j4 --output-sync=target lint typecheck cfn-lint browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
 
 # The dashboard's browser tests drive Debian's chromium with playwright (PyPI; no browser download).
 # As root with apt-get it is installed when missing; elsewhere the tests are skipped with a loud
