@@ -58,6 +58,12 @@ def excluded(name: str) -> bool:
     return any(name == path or (path.endswith("/") and name.startswith(path)) for path in EXCLUDED)
 
 
+def slimmed_away(name: str) -> bool:
+    """Whether slimming drops a path: an excluded one, or bytecode chalice copied from the work tree
+    (compiled for this machine's Python, and stale once the source changes)."""
+    return excluded(name) or "__pycache__/" in name
+
+
 def runtime_of(package_dir: Path) -> str | None:
     """The functions' Python runtime (e.g. python3.11) as sam.json names it, if the template is there."""
     template = package_dir / "sam.json"
@@ -97,7 +103,7 @@ def slim(zip_path: Path, compile_for: str | None = None) -> Slimmed:
         infos = source.infolist()
         modules: dict[str, bytes] = {}
         for info in infos:
-            if excluded(info.filename) or "__pycache__/" in info.filename:
+            if slimmed_away(info.filename):
                 dropped.append(info.filename)
                 continue
             data = source.read(info)  # before writestr, which rewrites the ZipInfo's offsets
