@@ -263,7 +263,7 @@ def _top(name: str) -> str:
     for path in EXCLUDED:
         if name == path or name.startswith(path):
             return path
-    return name
+    return "__pycache__/ (the work tree's bytecode)" if "__pycache__/" in name else name
 
 
 if __name__ == "__main__":
