@@ -344,6 +344,12 @@ def test_a_429_is_retried_after_its_retry_after(base_url: str, proxy: LossyProxy
     assert (report.accepted, report.duplicate, report.recovered, report.resends) == (30, 0, 0, 1)
 
 
+def as_in_a_terminal() -> None:
+    """The command's Ctrl-C as in a terminal, even when the suite runs as a background job (which starts
+    with SIGINT ignored, passes that on, and Python then raises no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_a_partial_summary_and_the_command_that_resumes(
     base_url: str, proxy: LossyProxy, tmp_path: Path
 ) -> None:
@@ -356,7 +362,15 @@ def test_ctrl_c_prints_a_partial_summary_and_the_command_that_resumes(
     proxy.plan = {2: "hold"}  # Ctrl-C while the server has stored batch 2 and its answer is on the way
     command = [sys.executable, "-m", "chalicelib.cli", "import", str(source), "--base-url", proxy.url]
     env = {**os.environ, "METERING_API_KEY": FULL_KEY}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_in_a_terminal,
+    )
     try:
         assert proxy.held.wait(60), "the import never reached its second batch"
         proc.send_signal(signal.SIGINT)
