@@ -32,6 +32,7 @@ import contextvars
 import copy
 import dataclasses
 import decimal
+import functools
 import inspect
 import re
 import weakref
@@ -618,8 +619,6 @@ def execute_result(self: DynamoResult, context: Any) -> Any:
 
 _MOTO_UPDATE_ITEM = DynamoDBBackend.update_item
 _MOTO_PARSE_UPDATE = UpdateExpressionParser.make.__func__  # type: ignore[attr-defined]
-_PARSED: dict[str, Any] = {}
-_PLANS: dict[str, tuple[tuple[str, str, str | None], ...] | None] = {}
 _CACHE_SIZE = 4096
 
 
@@ -632,13 +631,12 @@ def parse_update(cls: type[UpdateExpressionParser], expression: str) -> Any:
     validator works on a deep copy), so the tree is kept; an expression that
     fails to parse raises each time, as before.
     """
-    tree = _PARSED.get(expression)
-    if tree is None:
-        tree = _MOTO_PARSE_UPDATE(cls, expression)
-        if len(_PARSED) >= _CACHE_SIZE:
-            _PARSED.clear()
-        _PARSED[expression] = tree
-    return tree
+    return _parsed(expression)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parsed(expression: str) -> Any:
+    return _MOTO_PARSE_UPDATE(UpdateExpressionParser, expression)
 
 
 _TOKEN = re.compile(r"\s*(?:([#:]?[A-Za-z0-9_]+)|(.))")
@@ -647,6 +645,7 @@ _PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _PLACEHOLDER = re.compile(r"[#:][A-Za-z0-9_]+")
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _plan(expression: str) -> tuple[tuple[str, str, str | None], ...] | None:
     """The (clause, path, value placeholder) actions of a simple UpdateExpression, or None.
 
@@ -655,13 +654,7 @@ def _plan(expression: str) -> tuple[tuple[str, str, str | None], ...] | None:
     placeholder or a plain name that is not a reserved word. Anything else
     (nested paths, functions, arithmetic, DELETE, syntax errors) is None.
     """
-    if expression in _PLANS:
-        return _PLANS[expression]
-    plan = _parse_plan(expression)
-    if len(_PLANS) >= _CACHE_SIZE:
-        _PLANS.clear()
-    _PLANS[expression] = plan
-    return plan
+    return _parse_plan(expression)
 
 
 def _parse_plan(expression: str) -> tuple[tuple[str, str, str | None], ...] | None:
