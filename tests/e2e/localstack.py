@@ -65,12 +65,18 @@ class StackProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def _invocation(self) -> dict[str, Any]:
+        """The stack's command, directory and environment (read now, as the process starts)."""
+        return {
+            "args": [sys.executable, "-m", "chalicelib.local.stack", *self.args],
+            "cwd": ROOT,
+            "env": {**stack_env(), **self.extra_env},
+        }
+
     def start(self, timeout: float = 120) -> StackProcess:
         """Start it and wait for "ready"; AssertionError with its output if it does not get there."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chalicelib.local.stack", *self.args],
-            cwd=ROOT,
-            env={**stack_env(), **self.extra_env},
+            **self._invocation(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -100,9 +106,7 @@ class StackProcess:
     def run_until_exit(self, timeout: float = 120) -> int:
         """Start it and wait for it to exit by itself (a stack that refuses to start); its exit code."""
         done = subprocess.run(
-            [sys.executable, "-m", "chalicelib.local.stack", *self.args],
-            cwd=ROOT,
-            env={**stack_env(), **self.extra_env},
+            **self._invocation(),
             capture_output=True,
             text=True,
             timeout=timeout,
