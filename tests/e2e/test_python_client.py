@@ -200,7 +200,7 @@ def stack() -> Iterator[StackProcess]:
 
 def test_events_over_many_days_lines_and_meters_are_each_stored_once(stack: StackProcess) -> None:
     lines = {FULL_KEY: {**DEMO_LINES[FULL_KEY], **add_lines(stack.base_url)}, OTHER_ORG_KEY: DEMO_LINES[OTHER_ORG_KEY]}
-    planned = plan(900, lines)
+    planned = plan(2500, lines)
     recorder = Recorder(stack.base_url, "spread", exit_handler=False)
     try:
         for event in planned:
@@ -260,25 +260,25 @@ def test_the_stack_stopped_mid_send_and_restarted_gets_every_event_once(tmp_path
     args = ("--port", str(port), *SCHEDULE_EVERY, "--snapshot-every", "1")
     first = StackProcess(*args, data_dir=data_dir, env=DEPLOYED_CATALOG_CACHE).start()
     base_url = first.base_url
-    planned = plan(1200, DEMO_LINES)
+    planned = plan(3000, DEMO_LINES)
     tag = f"kill-{sig}"
     recorder = Recorder(base_url, tag, backoff_max=1.0, max_queue_size=5000, exit_handler=False)
     second: StackProcess | None = None
     try:
-        for event in planned[:600]:
+        for event in planned[:1500]:
             recorder.record(event)
 
         # The rest is recorded while the stack goes down and comes back.
         def record_the_rest() -> None:
-            for event in planned[600:]:
+            for event in planned[1500:]:
                 recorder.record(event)
                 time.sleep(0.002)
 
         late = threading.Thread(target=record_the_rest)
         late.start()
-        # Stopped once 300 events are acknowledged and a snapshot holds some acknowledged events.
+        # Stopped once 800 events are acknowledged and a snapshot holds some acknowledged events.
         deadline = time.monotonic() + 120
-        while len(recorder.acked) < 300 or not snapshot_after(data_dir, recorder.first_acked_at):
+        while len(recorder.acked) < 800 or not snapshot_after(data_dir, recorder.first_acked_at):
             assert time.monotonic() < deadline, first.output[-3000:]
             time.sleep(0.01)
         if sig == signal.SIGKILL:
